@@ -1,0 +1,1 @@
+"""torchbeast-mm: IMPALA for Memory Maze."""
