@@ -7,7 +7,8 @@
 // same order as the Python binding and dm-tree.
 //
 // Structure mismatches throw nest::NestError, whose message names the path where the trees
-// differ (e.g. "at ['obs'][1]: expected a map, got a leaf").
+// differ and what each had there, e.g.
+//   "nests differ at ['obs'][1]: nest 0 has a map with keys [a, b], nest 1 has a leaf".
 #pragma once
 
 #include <cstddef>
@@ -145,16 +146,17 @@ class Nest {
     return out;
   }
 
-  // A nest with this nest's structure and the given leaves, in flatten() order.
+  // A nest with this nest's structure and the given leaves, in flatten() order. The leaves are
+  // moved out of `flat`, so move-only leaves work with pack_as(std::move(flat)).
   template <typename U>
   Nest<U> pack_as(std::vector<U> flat) const {
-    std::size_t index = 0;
-    Nest<U> out = PackAs(flat, index);
-    if (index != flat.size()) {
-      throw NestError("pack_as: the structure has " + std::to_string(index) +
-                      " leaves, but " + std::to_string(flat.size()) + " values were given");
+    const std::size_t leaves = size();
+    if (leaves != flat.size()) {
+      throw NestError("pack_as: the structure has " + std::to_string(leaves) + " leaves, but " +
+                      std::to_string(flat.size()) + " values were given");
     }
-    return out;
+    std::size_t index = 0;
+    return PackAs(flat, index);
   }
 
   friend bool operator==(const Nest& a, const Nest& b) { return a.value_ == b.value_; }
@@ -209,10 +211,6 @@ class Nest {
         [&](const auto& v) -> Nest<U> {
           using V = std::decay_t<decltype(v)>;
           if constexpr (std::is_same_v<V, T>) {
-            if (index >= flat.size()) {
-              throw NestError("pack_as: only " + std::to_string(flat.size()) +
-                              " values were given for a structure with more leaves");
-            }
             return Nest<U>(std::move(flat[index++]));
           } else if constexpr (std::is_same_v<V, Vector>) {
             typename Nest<U>::Vector out;
@@ -233,47 +231,71 @@ class Nest {
 
 namespace detail {
 
-inline std::string IndexPath(const std::string& path, std::size_t i) {
-  return path + "[" + std::to_string(i) + "]";
-}
-inline std::string KeyPath(const std::string& path, const std::string& key) {
-  return path + "['" + key + "']";
-}
-inline std::string Where(const std::string& path) { return path.empty() ? "at the root" : "at " + path; }
+// One step of the path from the root to the node being visited, kept on the call stack and only
+// formatted when an error is thrown: ['obs'] for a map child, [3] for a vector child.
+struct PathStep {
+  const PathStep* parent;  // nullptr at the first step below the root
+  const std::string* key;  // the map key, or nullptr for a vector index
+  std::size_t index;
+};
 
-// Checks that every nest has the structure of nests[0]; throws NestError naming the path.
-template <typename T>
-void CheckSameStructure(const std::vector<const Nest<T>*>& nests, const std::string& path) {
-  const Nest<T>& first = *nests[0];
-  for (std::size_t k = 1; k < nests.size(); ++k) {
-    const Nest<T>& other = *nests[k];
-    if (first.value().index() != other.value().index()) {
-      throw NestError("nests differ " + Where(path) + ": nest 0 has " + first.KindName() +
-                      ", nest " + std::to_string(k) + " has " + other.KindName());
+// "at the root" or "at ['obs'][1]".
+inline std::string Where(const PathStep* step) {
+  if (step == nullptr) return "at the root";
+  std::vector<const PathStep*> steps;
+  for (; step != nullptr; step = step->parent) steps.push_back(step);
+  std::string out = "at ";
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    const PathStep& s = **it;
+    out += s.key != nullptr ? "['" + *s.key + "']" : "[" + std::to_string(s.index) + "]";
+  }
+  return out;
+}
+
+// Throws NestError unless `other` (nest number k) has the same kind, length and keys as `first`
+// at this node. Only this node is compared; the callers recurse.
+template <typename A, typename B>
+void CheckSameNode(const Nest<A>& first, const Nest<B>& other, std::size_t k,
+                   const PathStep* path) {
+  bool same = first.value().index() == other.value().index();
+  if (same && first.is_vector()) same = first.vector().size() == other.vector().size();
+  if (same && first.is_map()) {
+    const auto& a = first.map();
+    const auto& b = other.map();
+    same = a.size() == b.size();
+    for (auto ia = a.begin(), ib = b.begin(); same && ia != a.end(); ++ia, ++ib)
+      same = ia->first == ib->first;
+  }
+  if (!same) {
+    throw NestError("nests differ " + Where(path) + ": nest 0 has " + first.KindName() +
+                    ", nest " + std::to_string(k) + " has " + other.KindName());
+  }
+}
+
+// Throws NestError unless `other` (nest number k) has the structure of `first` everywhere.
+template <typename A, typename B>
+void CheckSameStructure(const Nest<A>& first, const Nest<B>& other, std::size_t k,
+                        const PathStep* path) {
+  CheckSameNode(first, other, k, path);
+  if (first.is_vector()) {
+    for (std::size_t i = 0; i < first.vector().size(); ++i) {
+      const PathStep step{path, nullptr, i};
+      CheckSameStructure(first.vector()[i], other.vector()[i], k, &step);
     }
-    if (first.is_vector() && first.vector().size() != other.vector().size()) {
-      throw NestError("nests differ " + Where(path) + ": nest 0 has " + first.KindName() +
-                      ", nest " + std::to_string(k) + " has " + other.KindName());
-    }
-    if (first.is_map()) {
-      const auto& a = first.map();
-      const auto& b = other.map();
-      bool same = a.size() == b.size();
-      for (auto ia = a.begin(), ib = b.begin(); same && ia != a.end(); ++ia, ++ib)
-        same = ia->first == ib->first;
-      if (!same) {
-        throw NestError("nests differ " + Where(path) + ": nest 0 has " + first.KindName() +
-                        ", nest " + std::to_string(k) + " has " + other.KindName());
-      }
+  } else if (first.is_map()) {
+    auto it = other.map().begin();
+    for (const auto& kv : first.map()) {
+      const PathStep step{path, &kv.first, 0};
+      CheckSameStructure(kv.second, (it++)->second, k, &step);
     }
   }
 }
 
+// Maps over nests whose structures have been checked: pairs up the nodes, calls f on the leaves.
 template <typename T, typename F>
-auto ZipMap(const std::vector<const Nest<T>*>& nests, F& f, const std::string& path)
+auto ZipMap(const std::vector<const Nest<T>*>& nests, F& f)
     -> Nest<std::invoke_result_t<F&, const std::vector<const T*>&>> {
   using U = std::invoke_result_t<F&, const std::vector<const T*>&>;
-  CheckSameStructure(nests, path);
   const Nest<T>& first = *nests[0];
   if (first.is_leaf()) {
     std::vector<const T*> leaves;
@@ -287,24 +309,46 @@ auto ZipMap(const std::vector<const Nest<T>*>& nests, F& f, const std::string& p
     out.reserve(first.vector().size());
     for (std::size_t i = 0; i < first.vector().size(); ++i) {
       for (std::size_t k = 0; k < nests.size(); ++k) children[k] = &nests[k]->vector()[i];
-      out.push_back(ZipMap(children, f, IndexPath(path, i)));
+      out.push_back(ZipMap(children, f));
     }
     return Nest<U>(std::move(out));
   }
   typename Nest<U>::Map out;
   std::vector<typename Nest<T>::Map::const_iterator> its;
+  its.reserve(nests.size());
   for (const Nest<T>* n : nests) its.push_back(n->map().begin());
   for (const auto& kv : first.map()) {
     for (std::size_t k = 0; k < nests.size(); ++k) children[k] = &(its[k]++)->second;
-    out.emplace(kv.first, ZipMap(children, f, KeyPath(path, kv.first)));
+    out.emplace_hint(out.end(), kv.first, ZipMap(children, f));
   }
+  return Nest<U>(std::move(out));
+}
+
+// Map over two nests whose structures have been checked.
+template <typename A, typename B, typename F>
+auto Map2(const Nest<A>& a, const Nest<B>& b, F& f)
+    -> Nest<std::invoke_result_t<F&, const A&, const B&>> {
+  using U = std::invoke_result_t<F&, const A&, const B&>;
+  if (a.is_leaf()) return Nest<U>(std::invoke(f, a.leaf(), b.leaf()));
+  if (a.is_vector()) {
+    typename Nest<U>::Vector out;
+    out.reserve(a.vector().size());
+    for (std::size_t i = 0; i < a.vector().size(); ++i)
+      out.push_back(Map2(a.vector()[i], b.vector()[i], f));
+    return Nest<U>(std::move(out));
+  }
+  typename Nest<U>::Map out;
+  auto ib = b.map().begin();
+  for (const auto& kv : a.map())
+    out.emplace_hint(out.end(), kv.first, Map2(kv.second, (ib++)->second, f));
   return Nest<U>(std::move(out));
 }
 
 }  // namespace detail
 
 // Maps f over the leaves of several nests of equal structure: f receives the leaves at one
-// position as a vector of pointers, in the order of `nests`. Throws NestError on a mismatch.
+// position as a vector of pointers, in the order of `nests`. Throws NestError on a mismatch,
+// before f is called.
 template <typename T, typename F>
 auto map_many(F&& f, const std::vector<Nest<T>>& nests)
     -> Nest<std::invoke_result_t<F&, const std::vector<const T*>&>> {
@@ -312,26 +356,18 @@ auto map_many(F&& f, const std::vector<Nest<T>>& nests)
   std::vector<const Nest<T>*> ptrs;
   ptrs.reserve(nests.size());
   for (const Nest<T>& n : nests) ptrs.push_back(&n);
-  return detail::ZipMap(ptrs, f, "");
+  for (std::size_t k = 1; k < nests.size(); ++k)
+    detail::CheckSameStructure(nests[0], nests[k], k, /*path=*/nullptr);
+  return detail::ZipMap(ptrs, f);
 }
 
 // Maps f(a_leaf, b_leaf) over two nests of equal structure (the leaf types may differ).
+// Throws NestError on a mismatch, before f is called.
 template <typename F, typename A, typename B>
 auto map2(F&& f, const Nest<A>& a, const Nest<B>& b)
     -> Nest<std::invoke_result_t<F&, const A&, const B&>> {
-  // Check the whole structure first (the error names the path), then pair leaves by position.
-  std::vector<Nest<char>> shapes{a.map([](const A&) { return char{0}; }),
-                                 b.map([](const B&) { return char{0}; })};
-  map_many([](const std::vector<const char*>&) { return char{0}; }, shapes);
-  std::vector<const A*> leaves_a;
-  std::vector<const B*> leaves_b;
-  a.for_each([&leaves_a](const A& x) { leaves_a.push_back(&x); });
-  b.for_each([&leaves_b](const B& y) { leaves_b.push_back(&y); });
-  using U = std::invoke_result_t<F&, const A&, const B&>;
-  std::vector<U> out;
-  out.reserve(leaves_a.size());
-  for (std::size_t i = 0; i < leaves_a.size(); ++i) out.push_back(std::invoke(f, *leaves_a[i], *leaves_b[i]));
-  return a.pack_as(std::move(out));
+  detail::CheckSameStructure(a, b, /*k=*/1, /*path=*/nullptr);
+  return detail::Map2(a, b, f);
 }
 
 // Turns a vector of nests of equal structure into one nest whose leaves are vectors (copies).

@@ -1,0 +1,111 @@
+#include "core/array_proto.h"
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace torchbeast {
+namespace {
+
+std::vector<int64_t> ShapeOf(const rpcenv::NDArray& proto) {
+  return std::vector<int64_t>(proto.shape().begin(), proto.shape().end());
+}
+
+DType CheckedDType(const rpcenv::NDArray& proto) {
+  if (!IsValidDType(proto.dtype())) {
+    throw InvalidArgument("NDArray with unknown dtype " + std::to_string(proto.dtype()));
+  }
+  return static_cast<DType>(proto.dtype());
+}
+
+void CheckSize(const Array& shape_only, std::size_t nbytes) {
+  if (shape_only.nbytes() != nbytes) {
+    throw InvalidArgument("NDArray of dtype " + std::string(DTypeName(shape_only.dtype())) + " and shape " +
+                          ShapeString(shape_only.shape()) + " needs " + std::to_string(shape_only.nbytes()) +
+                          " bytes, got " + std::to_string(nbytes));
+  }
+}
+
+template <typename Proto, typename LeafFn>
+ArrayNest FromProtoImpl(Proto* proto, LeafFn&& leaf) {
+  switch (proto->value_case()) {
+    case rpcenv::ArrayNest::kArray:
+      return ArrayNest(leaf(proto));
+    case rpcenv::ArrayNest::kList: {
+      ArrayNest::Vector v;
+      v.reserve(proto->list().items_size());
+      for (int i = 0; i < proto->list().items_size(); ++i) {
+        if constexpr (std::is_const_v<Proto>) {
+          v.push_back(FromProtoImpl(&proto->list().items(i), leaf));
+        } else {
+          v.push_back(FromProtoImpl(proto->mutable_list()->mutable_items(i), leaf));
+        }
+      }
+      return ArrayNest(std::move(v));
+    }
+    case rpcenv::ArrayNest::kMap: {
+      ArrayNest::Map m;
+      if constexpr (std::is_const_v<Proto>) {
+        for (const auto& kv : proto->map().items()) m.emplace(kv.first, FromProtoImpl(&kv.second, leaf));
+      } else {
+        for (auto& kv : *proto->mutable_map()->mutable_items()) m.emplace(kv.first, FromProtoImpl(&kv.second, leaf));
+      }
+      return ArrayNest(std::move(m));
+    }
+    case rpcenv::ArrayNest::VALUE_NOT_SET:
+      break;
+  }
+  throw InvalidArgument("ArrayNest message without a value");
+}
+
+}  // namespace
+
+void ArrayToProto(const Array& array, rpcenv::NDArray* proto) {
+  proto->set_dtype(static_cast<rpcenv::DType>(array.dtype()));
+  proto->mutable_shape()->Assign(array.shape().begin(), array.shape().end());
+  proto->set_data(array.data(), array.nbytes());
+}
+
+Array ArrayFromProto(const rpcenv::NDArray& proto) {
+  Array out(CheckedDType(proto), ShapeOf(proto));
+  CheckSize(out, proto.data().size());
+  if (out.nbytes() > 0) std::memcpy(out.data(), proto.data().data(), out.nbytes());
+  return out;
+}
+
+Array ArrayFromProto(rpcenv::NDArray* proto) {
+  DType dtype = CheckedDType(*proto);
+  std::vector<int64_t> shape = ShapeOf(*proto);
+  auto bytes = std::make_shared<std::string>();
+  bytes->swap(*proto->mutable_data());
+  void* data = bytes->data();
+  std::size_t nbytes = bytes->size();
+  Array out(dtype, std::move(shape), std::shared_ptr<void>(bytes, data), data);
+  CheckSize(out, nbytes);
+  return out;
+}
+
+void NestToProto(const ArrayNest& nest, rpcenv::ArrayNest* proto) {
+  if (nest.is_leaf()) {
+    ArrayToProto(nest.leaf(), proto->mutable_array());
+  } else if (nest.is_vector()) {
+    rpcenv::ArrayList* list = proto->mutable_list();
+    for (const ArrayNest& child : nest.vector()) NestToProto(child, list->add_items());
+  } else {
+    auto* items = proto->mutable_map()->mutable_items();
+    for (const auto& [key, child] : nest.map()) NestToProto(child, &(*items)[key]);
+  }
+}
+
+ArrayNest NestFromProto(const rpcenv::ArrayNest& proto) {
+  return FromProtoImpl(&proto, [](const rpcenv::ArrayNest* p) { return ArrayFromProto(p->array()); });
+}
+
+ArrayNest NestFromProto(rpcenv::ArrayNest* proto) {
+  return FromProtoImpl(proto, [](rpcenv::ArrayNest* p) { return ArrayFromProto(p->mutable_array()); });
+}
+
+}  // namespace torchbeast

@@ -1,0 +1,1 @@
+"""The pieces MonoBeast and PolyBeast share: V-trace, losses, flags, checkpoints, logging."""

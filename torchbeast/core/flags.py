@@ -1,0 +1,175 @@
+"""Command-line flags shared by MonoBeast and PolyBeast, declared once and grouped.
+
+Spellings follow TorchBeast and the seed README (`--num_actors`, `--gpu_n`, `--record True`).
+`validate()` reports every bad value at once, each naming its flag, as one ConfigError.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional
+
+from torchbeast.errors import ConfigError
+from torchbeast.models import ENCODERS, POSEMBS
+
+DEFAULT_ENV = "memory_maze:MemoryMaze-9x9-ExtraObs-v0"
+
+
+def str_to_bool(value: str) -> bool:
+    """Parses `--record True`, `--record false`, `--record 1`; argparse calls it for bool flags."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if lowered in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Argparse errors as one line and exit status 2 (argparse prints usage first by default)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_env_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("environment")
+    group.add_argument("--env", default=DEFAULT_ENV,
+                       help="Gym id of the Memory Maze task, e.g. memory_maze:MemoryMaze-15x15-ExtraObs-v0; "
+                            "'torchbeast:CueMemory-v0' is a tiny memory task for tests. (default: %(default)s)")
+    group.add_argument("--env_impl", default="fast", choices=["fast", "upstream"],
+                       help="'fast': our trajectory-identical, faster step; 'upstream': memory-maze as "
+                            "released. (default: %(default)s)")
+    group.add_argument("--pos_noise", type=float, default=0.0,
+                       help="Std of the Gaussian noise added to the position, in maze cells, for "
+                            "--posemb noisygt/noisyfourier. (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=None,
+                       help="Seed for the mazes, the position noise, the model init and the actions; "
+                            "the same seed repeats a run. (default: random)")
+
+
+def add_agent_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("agent")
+    posemb_help = "; ".join(f"'{name}': {text}" for name, text in POSEMBS.items())
+    group.add_argument("--posemb", default="none", choices=list(POSEMBS),
+                       help=f"Position embedding. {posemb_help}. (default: %(default)s)")
+    encoder_help = "; ".join(f"'{name}': {text}" for name, text in ENCODERS.items())
+    group.add_argument("--encoder", default="impala", choices=list(ENCODERS),
+                       help=f"Frame encoder. {encoder_help}. (default: %(default)s)")
+    group.add_argument("--use_lstm", dest="use_lstm", action="store_true", default=True,
+                       help="Use the LSTM core (default: on; this is a memory benchmark).")
+    group.add_argument("--no_lstm", dest="use_lstm", action="store_false",
+                       help="Feed-forward agent without memory (a baseline).")
+    group.add_argument("--hidden_size", type=int, default=256,
+                       help="Width of the encoder output and of the LSTM. (default: %(default)s)")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--mode", default="train", choices=["train", "test"],
+                       help="'train' learns (and resumes a run with the same --xpid); 'test' plays "
+                            "--test_episodes episodes with the saved model. (default: %(default)s)")
+    group.add_argument("--total_steps", type=int, default=50_000_000,
+                       help="Environment steps to train for, over all actors. (default: %(default)s)")
+    group.add_argument("--num_actors", type=int, default=4,
+                       help="Actor processes, each with its own env instance. (default: %(default)s)")
+    group.add_argument("--batch_size", type=int, default=8,
+                       help="Rollouts per learner update. (default: %(default)s)")
+    group.add_argument("--unroll_length", type=int, default=80,
+                       help="Steps per rollout; a batch is [unroll_length, batch_size]. (default: %(default)s)")
+    group.add_argument("--num_buffers", type=int, default=None,
+                       help="Shared-memory rollout buffers. (default: max(2 * num_actors, batch_size))")
+    group.add_argument("--num_learner_threads", type=int, default=2,
+                       help="Learner threads taking batches in turn. (default: %(default)s)")
+    group.add_argument("--discounting", type=float, default=0.99, help="Discount gamma. (default: %(default)s)")
+    group.add_argument("--entropy_cost", type=float, default=0.0006,
+                       help="Weight of the entropy bonus. (default: %(default)s)")
+    group.add_argument("--baseline_cost", type=float, default=0.5,
+                       help="Weight of the baseline loss. (default: %(default)s)")
+    group.add_argument("--reward_clipping", default="abs_one", choices=["abs_one", "none"],
+                       help="Clip rewards to [-1, 1] for learning, or not. (default: %(default)s)")
+    group.add_argument("--learning_rate", type=float, default=0.00048,
+                       help="RMSProp learning rate, decayed linearly to 0 at --total_steps. (default: %(default)s)")
+    group.add_argument("--alpha", type=float, default=0.99, help="RMSProp smoothing constant. (default: %(default)s)")
+    group.add_argument("--momentum", type=float, default=0.0, help="RMSProp momentum. (default: %(default)s)")
+    group.add_argument("--epsilon", type=float, default=0.01, help="RMSProp epsilon. (default: %(default)s)")
+    group.add_argument("--grad_norm_clipping", type=float, default=40.0,
+                       help="Clip the global gradient norm to this value. (default: %(default)s)")
+
+
+def add_system_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("system and outputs")
+    group.add_argument("--xpid", default=None,
+                       help="Run name; outputs go to SAVEDIR/XPID/. Training with an existing XPID resumes "
+                            "it. (default: torchbeast-<date-time> in train mode, the latest run in test mode)")
+    group.add_argument("--savedir", default="./logs", help="Root folder of the runs. (default: %(default)s)")
+    group.add_argument("--checkpoint", default=None,
+                       help="Checkpoint for --mode test. (default: SAVEDIR/XPID/model.tar)")
+    group.add_argument("--gpu_n", type=int, default=0, help="Use cuda:GPU_N when CUDA is available. (default: %(default)s)")
+    group.add_argument("--disable_cuda", action="store_true", help="Run on the CPU even when a GPU is present.")
+    group.add_argument("--test_episodes", type=int, default=10,
+                       help="Episodes to play in --mode test. (default: %(default)s)")
+    group.add_argument("--record", type=str_to_bool, nargs="?", const=True, default=False,
+                       help="In --mode test, write an MP4 of each episode to SAVEDIR/XPID/videos/. "
+                            "'--record', '--record True' and '--record False' all work.")
+    group.add_argument("--checkpoint_interval", type=float, default=600.0,
+                       help="Seconds between checkpoints (and learning-curve refreshes). (default: %(default)s)")
+    group.add_argument("--log_interval", type=float, default=5.0,
+                       help="Seconds between progress lines. (default: %(default)s)")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(prog=prog, description=description)
+    add_env_flags(parser)
+    add_agent_flags(parser)
+    add_training_flags(parser)
+    add_system_flags(parser)
+    return parser
+
+
+def validate(flags: argparse.Namespace) -> None:
+    """Raises one ConfigError listing every bad flag value."""
+    from torchbeast.core.environment import env_has_positions
+
+    problems: List[str] = []
+    for name in ("total_steps", "num_actors", "batch_size", "unroll_length", "num_learner_threads",
+                 "test_episodes", "hidden_size"):
+        value = getattr(flags, name, None)
+        if value is not None and value <= 0:
+            problems.append(f"--{name} must be positive, got {value}")
+    if flags.num_buffers is not None and flags.num_buffers < flags.batch_size:
+        problems.append(f"--num_buffers ({flags.num_buffers}) must be at least --batch_size ({flags.batch_size})")
+    if flags.num_buffers is not None and flags.num_buffers < flags.num_actors:
+        problems.append(f"--num_buffers ({flags.num_buffers}) must be at least --num_actors ({flags.num_actors})")
+    for name in ("learning_rate", "epsilon", "grad_norm_clipping", "checkpoint_interval", "log_interval"):
+        if getattr(flags, name) <= 0:
+            problems.append(f"--{name} must be positive, got {getattr(flags, name)}")
+    for name in ("entropy_cost", "baseline_cost", "pos_noise", "momentum"):
+        if getattr(flags, name) < 0:
+            problems.append(f"--{name} must be >= 0, got {getattr(flags, name)}")
+    if not 0.0 <= flags.discounting <= 1.0:
+        problems.append(f"--discounting must be in [0, 1], got {flags.discounting}")
+    if not 0.0 <= flags.alpha < 1.0:
+        problems.append(f"--alpha must be in [0, 1), got {flags.alpha}")
+    if flags.gpu_n < 0:
+        problems.append(f"--gpu_n must be >= 0, got {flags.gpu_n}")
+    if flags.xpid is not None and (not flags.xpid or os.sep in flags.xpid or flags.xpid in (".", "..")):
+        problems.append(f"--xpid must be a plain folder name, got {flags.xpid!r}")
+    try:
+        if flags.posemb != "none" and not env_has_positions(flags.env):
+            problems.append(
+                f"--posemb {flags.posemb} needs positions, but --env {flags.env} has none; use an ExtraObs "
+                "id such as memory_maze:MemoryMaze-9x9-ExtraObs-v0 or memory_maze:MemoryMaze-15x15-ExtraObs-v0"
+            )
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> argparse.Namespace:
+    flags = parser.parse_args(argv)
+    if flags.num_buffers is None:
+        flags.num_buffers = max(2 * flags.num_actors, flags.batch_size)
+    validate(flags)
+    return flags
