@@ -377,12 +377,13 @@ py::list Flatten(py::handle nest) {
 
 py::object PackAs(py::handle nest, py::handle flat) {
   const char* func = "nest.pack_as";
-  const py::object seq = Steal(PySequence_Fast(flat.ptr(), "nest.pack_as: flat must be a sequence"));
+  const py::object seq =
+      Steal(PySequence_Fast(flat.ptr(), "nest.pack_as: flat must be a sequence"));
   Py_ssize_t index = 0;
   auto wrong_count = [&]() {
+    const Py_ssize_t given = PySequence_Fast_GET_SIZE(seq.ptr());
     ThrowValueError(func, "the structure has " + std::to_string(CountLeaves(nest.ptr(), func)) +
-                              " leaves, but " + std::to_string(PySequence_Fast_GET_SIZE(seq.ptr())) +
-                              " values were given");
+                              " leaves, but " + std::to_string(given) + " values were given");
   };
   auto next = [&](PyObject*) {
     if (index >= PySequence_Fast_GET_SIZE(seq.ptr())) wrong_count();
@@ -394,15 +395,14 @@ py::object PackAs(py::handle nest, py::handle flat) {
 }
 
 py::object Front(py::handle nest) {
-  PyObject* first = nullptr;
+  py::object first;
   auto take = [&first](PyObject* leaf) {
-    first = leaf;
+    first = py::reinterpret_borrow<py::object>(leaf);
     return true;
   };
-  // The leaf is borrowed from its container; nothing runs between finding and returning it.
   if (!Visit(nest.ptr(), nullptr, "nest.front", take))
     throw py::value_error("nest.front: the nest has no leaves");
-  return py::reinterpret_borrow<py::object>(first);
+  return first;
 }
 
 void ForEach(py::handle f, py::handle nest) {
@@ -440,7 +440,8 @@ may differ in type.)doc");
   m.def("map_many2", &MapMany2, py::arg("f"), py::arg("nest1"), py::arg("nest2"),
         R"doc(Like map_many(f, nest1, nest2), but calls f(leaf1, leaf2).)doc");
   m.def("flatten", &Flatten, py::arg("nest"),
-        R"doc(Returns the leaves as a list, depth first: sequences in order, dicts by sorted key.)doc");
+        R"doc(Returns the leaves as a list, depth first: sequences in order, dicts by sorted
+key.)doc");
   m.def("pack_as", &PackAs, py::arg("nest"), py::arg("flat"),
         R"doc(Returns a nest with the structure of `nest` whose leaves are the items of `flat`, a
 sequence in flatten() order: pack_as(n, flatten(n)) == n. Raises ValueError if the number of

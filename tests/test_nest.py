@@ -113,7 +113,8 @@ def test_flatten_of_a_leaf_and_of_empty_containers():
 def test_pack_as_is_the_inverse_of_flatten():
     n = sample()
     assert_same_nest(nest.pack_as(n, nest.flatten(n)), n)
-    assert_same_nest(nest.pack_as(n, tuple(range(6))), {"b": [2, (3, 4)], "a": {"z": 1, "y": 0}, "c": Point(5, []), "d": ()})
+    expected = {"b": [2, (3, 4)], "a": {"z": 1, "y": 0}, "c": Point(5, []), "d": ()}
+    assert_same_nest(nest.pack_as(n, tuple(range(6))), expected)
     assert nest.pack_as(5, ["leaf"]) == "leaf"
     assert nest.pack_as([], []) == []
 
@@ -174,8 +175,16 @@ def test_map_many_needs_a_nest():
 MISMATCHES = [
     ({"a": [1, 2]}, {"a": [1, 2, 3]}, r"at \['a'\]: nest 0 has a list of 2, nest 1 has a list of 3"),
     ({"a": [1, 2]}, {"a": (1, 2)}, r"at \['a'\]: nest 0 has a list of 2, nest 1 has a tuple of 2"),
-    ([1, {"x": 1}], [1, {"y": 1}], r"at \[1\]: nest 0 has a dict with keys \['x'\], nest 1 has a dict with keys \['y'\]"),
-    ([1, {"x": 1}], [1, {"x": 1, "y": 2}], r"at \[1\]: nest 0 has a dict with keys \['x'\], nest 1 has a dict with keys \['x', 'y'\]"),
+    (
+        [1, {"x": 1}],
+        [1, {"y": 1}],
+        r"at \[1\]: nest 0 has a dict with keys \['x'\], nest 1 has a dict with keys \['y'\]",
+    ),
+    (
+        [1, {"x": 1}],
+        [1, {"x": 1, "y": 2}],
+        r"at \[1\]: nest 0 has a dict with keys \['x'\], nest 1 has a dict with keys \['x', 'y'\]",
+    ),
     ({"a": (1, [2])}, {"a": (1, 2)}, r"at \['a'\]\[1\]: nest 0 has a list of 1, nest 1 has a leaf of type int"),
     ([1], [[1]], r"at \[0\]: nest 0 has a leaf of type int, nest 1 has a list of 1"),
     (Point(1, 2), (1, 2), r"at the root: nest 0 has a namedtuple Point of 2, nest 1 has a tuple of 2"),

@@ -15,11 +15,12 @@ import collections
 import ctypes
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.multiprocessing as mp
@@ -133,6 +134,19 @@ def act(
         env.close()
     except KeyboardInterrupt:
         pass
+    except Exception as e:  # noqa: BLE001 - reported to the learner, which stops the run
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        full_queue.put(ActorError(actor_index, f"{type(e).__name__}: {message}", isinstance(e, ConfigError)))
+        if not isinstance(e, ConfigError):
+            raise  # the traceback helps with bugs; bad input was said in one line already
+
+
+class ActorError(NamedTuple):
+    """Sent through the full queue when an actor fails, so the learner can say why and stop."""
+
+    actor_index: int
+    message: str
+    is_config_error: bool
 
 
 def _value_of(model: torch.nn.Module, final_obs: Dict[str, Any], step: Dict[str, torch.Tensor], agent_state: Any) -> float:
@@ -163,9 +177,14 @@ def get_batch(
                     free_queue.put(index)
                 return None
             try:
-                indices.append(full_queue.get(timeout=0.5))
-            except Exception:  # queue.Empty, from the mp queue
+                item = full_queue.get(timeout=0.5)
+            except queue.Empty:
                 continue
+            if isinstance(item, ActorError):
+                if item.is_config_error:
+                    raise ConfigError(item.message.split(": ", 1)[1])
+                raise RuntimeError(f"actor {item.actor_index} failed: {item.message}")
+            indices.append(item)
     batch = {key: torch.stack([buffers[key][m] for m in indices], dim=1) for key in buffers}
     initial_agent_state = tuple(
         torch.cat(ts, dim=1) for ts in zip(*[initial_agent_state_buffers[m] for m in indices])

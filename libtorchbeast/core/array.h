@@ -81,11 +81,11 @@ class Array {
   bool Equals(const Array& other) const;
 
  private:
-  DType dtype_;
+  DType dtype_ = DType::kBool;
   std::vector<int64_t> shape_;
-  int64_t numel_;
+  int64_t numel_ = 0;
   std::shared_ptr<void> owner_;
-  void* data_;
+  void* data_ = nullptr;
 };
 
 // Concatenates along `dim`; every array must have the same dtype and the same shape except at

@@ -55,14 +55,17 @@ TEST(NestTest, KindsAndAccessors) {
 TEST(NestTest, WrongAccessorThrows) {
   IntNest vec(IntNest::Vector{IntNest(1), IntNest(2), IntNest(3)});
   EXPECT_EQ(ErrorOf([&] { vec.leaf(); }), "expected a leaf, got a vector of 3");
-  EXPECT_EQ(ErrorOf([&] { Sample().vector(); }), "expected a vector, got a map with keys [a, b, c]");
+  EXPECT_EQ(ErrorOf([&] { Sample().vector(); }),
+            "expected a vector, got a map with keys [a, b, c]");
   EXPECT_EQ(ErrorOf([&] { IntNest(1).map(); }), "expected a map, got a leaf");
 }
 
 TEST(NestTest, EmptyFrontAndSize) {
   EXPECT_FALSE(IntNest(0).empty());
-  EXPECT_TRUE(IntNest(IntNest::Vector{}).empty());
-  EXPECT_TRUE(IntNest(IntNest::Map{}).empty());
+  const IntNest empty_vector(IntNest::Vector{});
+  const IntNest empty_map(IntNest::Map{});
+  EXPECT_TRUE(empty_vector.empty());
+  EXPECT_TRUE(empty_map.empty());
   // Containers without any leaf are empty, however deep.
   IntNest hollow(IntNest::Map{{"a", IntNest(IntNest::Vector{IntNest(IntNest::Map{})})}});
   EXPECT_TRUE(hollow.empty());
@@ -71,7 +74,8 @@ TEST(NestTest, EmptyFrontAndSize) {
   EXPECT_EQ(Sample().front(), 1);
   EXPECT_EQ(Sample().size(), 4u);
   // front() skips empty containers before the first leaf.
-  IntNest late(IntNest::Vector{IntNest(IntNest::Vector{}), IntNest(IntNest::Map{{"x", IntNest(5)}})});
+  IntNest late(
+      IntNest::Vector{IntNest(IntNest::Vector{}), IntNest(IntNest::Map{{"x", IntNest(5)}})});
   EXPECT_EQ(late.front(), 5);
   EXPECT_EQ(ErrorOf([&] { hollow.front(); }), "front() of a nest without leaves");
 }
@@ -97,7 +101,8 @@ TEST(NestTest, FlattenVisitsMapsInSortedKeyOrder) {
   IntNest n(IntNest::Map{{"zeta", IntNest(1)}, {"alpha", IntNest(2)}, {"mid", IntNest(3)}});
   EXPECT_EQ(n.flatten(), (std::vector<int>{2, 3, 1}));
   EXPECT_EQ(IntNest(5).flatten(), (std::vector<int>{5}));
-  EXPECT_TRUE(IntNest(IntNest::Vector{}).flatten().empty());
+  const IntNest empty(IntNest::Vector{});
+  EXPECT_TRUE(empty.flatten().empty());
 }
 
 TEST(NestTest, PackAsIsTheInverseOfFlatten) {
@@ -105,7 +110,8 @@ TEST(NestTest, PackAsIsTheInverseOfFlatten) {
   EXPECT_EQ(sample.pack_as(sample.flatten()), sample);
   const Nest<double> halves = sample.pack_as(std::vector<double>{0.5, 1.5, 2.5, 3.5});
   EXPECT_EQ(halves.map().at("b").vector()[1].leaf(), 2.5);
-  EXPECT_EQ(IntNest(IntNest::Vector{}).pack_as(std::vector<int>{}), IntNest(IntNest::Vector{}));
+  const IntNest empty(IntNest::Vector{});
+  EXPECT_EQ(empty.pack_as(std::vector<int>{}), empty);
 }
 
 TEST(NestTest, PackAsWithWrongCountThrows) {
@@ -167,7 +173,8 @@ TEST(NestTest, MapManyMismatchNamesThePath) {
       {"c", IntNest(IntNest::Map{{"e", IntNest(4)}})},
   });
   EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{Sample(), other_keys}); }),
-            "nests differ at ['c']: nest 0 has a map with keys [d], nest 1 has a map with keys [e]");
+            "nests differ at ['c']: nest 0 has a map with keys [d], "
+            "nest 1 has a map with keys [e]");
 
   EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{IntNest(1), Sample()}); }),
             "nests differ at the root: nest 0 has a leaf, nest 1 has a map with keys [a, b, c]");
@@ -233,7 +240,9 @@ TEST(NestTest, MoveOnlyLeaves) {
   EXPECT_EQ(*packed.map().at("b").vector()[1].leaf(), 3);
 
   const IntNest sums = map_many(
-      [](const std::vector<const std::unique_ptr<int>*>& leaves) { return **leaves[0] + **leaves[1]; },
+      [](const std::vector<const std::unique_ptr<int>*>& leaves) {
+        return **leaves[0] + **leaves[1];
+      },
       [] {
         std::vector<PtrNest> nests;
         nests.push_back(PtrSample());

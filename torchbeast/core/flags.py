@@ -156,13 +156,15 @@ def validate(flags: argparse.Namespace) -> None:
     if flags.xpid is not None and (not flags.xpid or os.sep in flags.xpid or flags.xpid in (".", "..")):
         problems.append(f"--xpid must be a plain folder name, got {flags.xpid!r}")
     try:
-        if flags.posemb != "none" and not env_has_positions(flags.env):
+        has_positions = env_has_positions(flags.env)  # also checks that the id exists
+    except ConfigError as e:
+        problems.append(str(e))
+    else:
+        if flags.posemb != "none" and not has_positions:
             problems.append(
                 f"--posemb {flags.posemb} needs positions, but --env {flags.env} has none; use an ExtraObs "
                 "id such as memory_maze:MemoryMaze-9x9-ExtraObs-v0 or memory_maze:MemoryMaze-15x15-ExtraObs-v0"
             )
-    except ConfigError as e:
-        problems.append(str(e))
     if problems:
         raise ConfigError("; ".join(problems))
 

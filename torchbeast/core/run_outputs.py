@@ -111,11 +111,10 @@ def read_log(csv_path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def plot_learning_curve(csv_path: str, png_path: str, title: str = "") -> bool:
-    """Draws mean episode return against env steps from logs.csv; False if nothing to plot yet."""
+def plot_learning_curve(csv_path: str, png_path: str, title: str = "") -> None:
+    """Draws mean episode return against env steps from logs.csv (an empty plot, said so, before
+    the first episode ends)."""
     rows = [r for r in read_log(csv_path) if r.get("mean_episode_return")]
-    if not rows:
-        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,16 +126,18 @@ def plot_learning_curve(csv_path: str, png_path: str, title: str = "") -> bool:
     smoothed = [sum(returns[max(0, i - window + 1): i + 1]) / len(returns[max(0, i - window + 1): i + 1])
                 for i in range(len(returns))]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, returns, alpha=0.3, color="tab:blue", label="per update")
-    ax.plot(steps, smoothed, color="tab:blue", label=f"mean of {window}")
+    if rows:
+        ax.plot(steps, returns, alpha=0.3, color="tab:blue", label="per update")
+        ax.plot(steps, smoothed, color="tab:blue", label=f"mean of {window}")
+        ax.legend(loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "no episode has ended yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, png_path)
-    return True

@@ -1,0 +1,17 @@
+// libtorchbeast._C: the compiled core of PolyBeast. Import it through the `libtorchbeast`
+// package, which re-exports the public names.
+#include <pybind11/pybind11.h>
+
+#include "bindings/bindings.h"
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "The torch-free C++ core of PolyBeast: batching queues, a dynamic batcher, gRPC env "
+            "servers and an actor pool, moving nests of NumPy arrays.";
+  torchbeast::python::BindArray(m);
+  torchbeast::python::BindBatchingQueue(m);
+  torchbeast::python::BindDynamicBatcher(m);
+#ifdef TB_WITH_RPC
+  torchbeast::python::BindEnvServer(m);
+  torchbeast::python::BindActorPool(m);
+#endif
+}

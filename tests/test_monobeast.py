@@ -1,0 +1,152 @@
+"""MonoBeast end to end, in subprocesses as a user runs it: outputs, resume, test mode, bad input,
+and a learning test on the CueMemory task that fails when learning is broken."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torchbeast.core.checkpoint import load_checkpoint
+
+CUE = "torchbeast:CueMemory-v0"
+FAST = ["--encoder", "small", "--hidden_size", "32", "--num_actors", "2", "--unroll_length", "10",
+        "--batch_size", "4", "--log_interval", "1"]
+
+
+def monobeast(*args, timeout=600, check=True):
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "torchbeast.monobeast", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_resume_test_cycle_writes_every_output(tmp_path):
+    common = ["--env", CUE, "--savedir", tmp_path, "--xpid", "run", "--seed", "3", *FAST]
+    first = monobeast(*common, "--total_steps", 2000)
+    run = tmp_path / "run"
+    assert "SPS" in first.stdout and "return" in first.stdout  # progress lines
+    for name in ("logs.csv", "meta.json", "model.tar", "learning_curve.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "tensorboard"))
+    rows = read_csv(run / "logs.csv")
+    assert int(rows[-1]["step"]) >= 2000 and float(rows[-1]["sps"]) > 0
+    assert any(r["mean_episode_return"] for r in rows)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["flags"]["env"] == CUE and meta["starts"][0]["versions"]["torch"] == torch.__version__
+    state = load_checkpoint(str(run / "model.tar"))
+    first_step = state["step"]
+    assert first_step >= 2000
+
+    # Same --xpid: resumes from the checkpoint (step, optimiser, LR schedule) and appends to logs.csv.
+    second = monobeast(*common, "--total_steps", 4000)
+    assert "Resuming" in second.stderr
+    state = load_checkpoint(str(run / "model.tar"))
+    assert state["step"] >= 4000
+    assert state["scheduler_state_dict"]["last_epoch"] == state["step"] // 40
+    rows = read_csv(run / "logs.csv")
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps) and steps[0] < first_step < steps[-1]
+    assert len(json.loads((run / "meta.json").read_text())["starts"]) == 2
+
+    # A resumed run must build the same model.
+    clash = monobeast(*common, "--total_steps", 6000, "--hidden_size", "64", check=False)
+    assert clash.returncode == 2 and "hidden_size" in clash.stderr and "Traceback" not in clash.stderr
+
+    tested = monobeast("--mode", "test", "--env", CUE, "--savedir", tmp_path, "--xpid", "run",
+                       "--test_episodes", 3, "--record", "True")
+    assert "mean return over 3 episodes" in tested.stdout
+    results = json.loads((run / "test_results.json").read_text())
+    assert results["episodes"] == 3 and len(results["returns"]) == 3
+    assert len(results["videos"]) == 3 and all(os.path.getsize(v) > 0 for v in results["videos"])
+
+
+@pytest.mark.parametrize("record", [["--record"], ["--record", "True"], ["--record", "false"]])
+def test_record_flag_spellings(record):
+    from torchbeast.core import flags as flags_lib
+
+    parser = flags_lib.make_parser("x", "y")
+    parsed = parser.parse_args(["--env", CUE, *record])
+    assert parsed.record is (record[-1] != "false")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--env", "memory_maze:MemoryMaze-10x10-v0"], "MemoryMaze-9x9-v0"),
+    (["--env", CUE, "--num_actors", "0"], "--num_actors must be positive"),
+    (["--env", CUE, "--batch_size", "-1", "--unroll_length", "0"], "--unroll_length must be positive"),
+    (["--env", "memory_maze:MemoryMaze-9x9-v0", "--posemb", "noisygt"], "ExtraObs"),
+    (["--env", CUE, "--mode", "test", "--xpid", "nope"], "does not exist"),
+    (["--env", CUE, "--posemb", "bogus"], "invalid choice"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, needle):
+    proc = monobeast(*args, "--savedir", tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
+
+
+def test_corrupted_and_foreign_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.tar").write_bytes(b"this is not a checkpoint")
+    proc = monobeast("--mode", "test", "--env", CUE, "--savedir", tmp_path, "--xpid", "run", check=False)
+    assert proc.returncode == 2 and "could not be read" in proc.stderr and "Traceback" not in proc.stderr
+    torch.save({"state_dict": {}}, run / "model.tar")
+    proc = monobeast("--mode", "test", "--env", CUE, "--savedir", tmp_path, "--xpid", "run", check=False)
+    assert proc.returncode == 2 and "not a torchbeast-mm checkpoint" in proc.stderr
+
+
+def test_help_explains_every_flag():
+    proc = monobeast("--help")
+    for flag in ("--env", "--mode", "--record", "--posemb", "--pos_noise", "--num_actors", "--discounting",
+                 "--entropy_cost", "--batch_size", "--unroll_length", "--learning_rate", "--epsilon", "--gpu_n",
+                 "--savedir", "--xpid", "--total_steps", "--num_buffers", "--num_learner_threads",
+                 "--disable_cuda", "--use_lstm", "--no_lstm", "--baseline_cost", "--reward_clipping", "--alpha",
+                 "--momentum", "--grad_norm_clipping", "--seed", "--test_episodes", "--checkpoint"):
+        assert flag in proc.stdout, flag
+
+
+def test_gpu_n_that_does_not_exist(monkeypatch):
+    from torchbeast.core.device import select_device
+    from torchbeast.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="--gpu_n 3"):
+        select_device(3, disable_cuda=False)
+    assert select_device(0, disable_cuda=False) == torch.device("cuda:0")
+    assert select_device(0, disable_cuda=True) == torch.device("cpu")
+
+
+LEARN = ["--env", CUE, "--encoder", "small", "--hidden_size", "64", "--num_actors", "2", "--batch_size", "16",
+         "--unroll_length", "20", "--total_steps", "100000", "--entropy_cost", "0.01", "--discounting", "0.9",
+         "--seed", "1", "--log_interval", "10"]
+
+
+def trained_test_return(tmp_path, learning_rate):
+    monobeast(*LEARN, "--learning_rate", learning_rate, "--savedir", tmp_path, "--xpid", "learn")
+    monobeast("--mode", "test", "--env", CUE, "--savedir", tmp_path, "--xpid", "learn", "--test_episodes", 100,
+              "--seed", "7")
+    return json.loads((tmp_path / "learn" / "test_results.json").read_text())["mean_return"]
+
+
+@pytest.mark.slow
+def test_monobeast_learns_to_remember_the_cue(tmp_path):
+    # Random play scores 1/6 and the best policy without memory 1/2: above 0.75 needs the LSTM.
+    assert trained_test_return(tmp_path, 0.002) > 0.75
+
+
+@pytest.mark.slow
+def test_learning_test_fails_when_learning_is_broken(tmp_path):
+    # The same budget with a learning rate of ~0 must stay far below the bar above.
+    assert trained_test_return(tmp_path, 1e-12) < 0.5
