@@ -4,12 +4,12 @@
 #
 #   TB_VENV      where the virtual environment lives (default: <repo>/.venv)
 #   TB_EXTRAS    pip extras to install with the package (default: test)
-#   TB_CPP_TESTS ON to build the GoogleTest binaries as well (test.sh sets it)
+#   TB_CPP_TESTS ON (default) also builds the GoogleTest binaries, so test.sh and run.sh share one build
 
 TB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TB_VENV="${TB_VENV:-$TB_ROOT/.venv}"
 TB_EXTRAS="${TB_EXTRAS:-test}"
-TB_CPP_TESTS="${TB_CPP_TESTS:-OFF}"
+TB_CPP_TESTS="${TB_CPP_TESTS:-ON}"
 
 # Debian/Ubuntu packages: compilers, gRPC/protobuf/GoogleTest for the C++ core, headless GL for
 # MuJoCo (EGL on GPUs, OSMesa on CPUs), ffmpeg for videos.
