@@ -158,7 +158,7 @@ void BindArray(py::module_& m) {
   py::register_exception<RpcError>(m, "RpcError", PyExc_ConnectionError);
 
   m.def(
-      "_nest_roundtrip", [](ArrayNest nest) { return nest; }, py::arg("nest"),
+      "_nest_roundtrip", [](const ArrayNest& nest) { return nest; }, py::arg("nest"),
       "Converts a nest to C++ arrays and back (for tests): the result owns C++ buffers.");
   m.def(
       "_proto_roundtrip",

@@ -1,9 +1,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <memory>
 #include <optional>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "bindings/array_pybind.h"
 #include "bindings/bindings.h"
@@ -31,7 +34,8 @@ already handed out stay valid. Closing twice raises ClosedError.)doc");
 
   py::class_<Batch, std::shared_ptr<Batch>>(m, "Batch", "One batch of DynamicBatcher calls.")
       .def("get_inputs", &Batch::inputs, "The callers' inputs, concatenated along batch_dim (no copy).")
-      .def("set_outputs", &Batch::SetOutputs, py::arg("outputs"), py::call_guard<py::gil_scoped_release>(),
+      .def(
+          "set_outputs", [](Batch& batch, const ArrayNest& outputs) { batch.SetOutputs(outputs); }, py::arg("outputs"), py::call_guard<py::gil_scoped_release>(),
            "Answers every caller with its rows of `outputs`. Raises ValueError for outputs of the "
            "wrong batch size and RuntimeError if outputs were already set.")
       .def_property_readonly("num_callers", &Batch::num_callers)
@@ -41,7 +45,8 @@ already handed out stay valid. Closing twice raises ClosedError.)doc");
       .def(py::init<int64_t, int64_t, int64_t, std::optional<int64_t>, bool>(), py::arg("batch_dim") = 1,
            py::arg("minimum_batch_size") = 1, py::arg("maximum_batch_size") = 1024,
            py::arg("timeout_ms") = py::none(), py::arg("check_outputs") = true)
-      .def("compute", &DynamicBatcher::Compute, py::arg("inputs"), py::call_guard<py::gil_scoped_release>(),
+      .def(
+          "compute", [](DynamicBatcher& b, const ArrayNest& inputs) { return b.Compute(inputs); }, py::arg("inputs"), py::call_guard<py::gil_scoped_release>(),
            "Submits `inputs` and returns this caller's part of the outputs. Raises ClosedError, "
            "BatchDroppedError or ValueError when the batch fails.")
       .def(
@@ -56,7 +61,7 @@ already handed out stay valid. Closing twice raises ClosedError.)doc");
       .def("is_closed", &DynamicBatcher::is_closed)
       .def_property_readonly("batch_dim", &DynamicBatcher::batch_dim)
       .def("__iter__", [](py::object self) { return self; })
-      .def("__next__", [](DynamicBatcher& b) {
+      .def("__next__", [](DynamicBatcher& b) -> std::shared_ptr<Batch> {
         std::shared_ptr<Batch> batch;
         {
           py::gil_scoped_release release;
@@ -68,6 +73,39 @@ already handed out stay valid. Closing twice raises ClosedError.)doc");
         if (!batch) throw py::stop_iteration();
         return batch;
       });
+
+  m.def(
+      "_bench_compute",
+      [](std::shared_ptr<DynamicBatcher> batcher, int num_callers, int calls_per_caller, const ArrayNest& inputs) {
+        // Like actor threads: C++ callers that never hold the GIL.
+        std::vector<std::vector<double>> latencies(num_callers);
+        {
+          py::gil_scoped_release release;
+          std::vector<std::thread> threads;
+          for (int c = 0; c < num_callers; ++c) {
+            threads.emplace_back([&, c] {
+              latencies[c].reserve(calls_per_caller);
+              try {
+                for (int i = 0; i < calls_per_caller; ++i) {
+                  auto start = std::chrono::steady_clock::now();
+                  batcher->Compute(inputs);
+                  latencies[c].push_back(
+                      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+                }
+              } catch (const std::exception&) {
+                // The batcher was closed or the batch failed: this caller stops early.
+              }
+            });
+          }
+          for (auto& t : threads) t.join();
+        }
+        std::vector<double> all;
+        for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+        return all;
+      },
+      py::arg("batcher"), py::arg("num_callers"), py::arg("calls_per_caller"), py::arg("inputs"),
+      "For benchmarks: num_callers C++ threads each call batcher.compute(inputs) calls_per_caller "
+      "times; returns every call's latency in microseconds.");
 }
 
 }  // namespace python

@@ -10,8 +10,6 @@ PYBIND11_MODULE(_C, m) {
   torchbeast::python::BindArray(m);
   torchbeast::python::BindBatchingQueue(m);
   torchbeast::python::BindDynamicBatcher(m);
-#ifdef TB_WITH_RPC
   torchbeast::python::BindEnvServer(m);
   torchbeast::python::BindActorPool(m);
-#endif
 }

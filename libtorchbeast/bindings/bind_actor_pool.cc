@@ -1,0 +1,66 @@
+#include <Python.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings/array_pybind.h"
+#include "bindings/bindings.h"
+#include "core/actor_pool.h"
+
+namespace torchbeast {
+namespace python {
+
+void BindActorPool(py::module_& m) {
+  py::class_<ActorPool, std::shared_ptr<ActorPool>>(m, "ActorPool", R"doc(
+Runs one actor thread per env server: streams steps, asks inference_batcher for actions and
+puts rollouts on learner_queue.
+
+Each step, an actor calls inference_batcher.compute(inputs) with (every array has leading dims
+[T=1, B=1]; use DynamicBatcher(batch_dim=1)):
+    {"observation": obs nest [1, 1, ...], "reward": float32 [1, 1], "done": bool [1, 1],
+     "truncated": bool [1, 1], "episode_step": int32 [1, 1], "episode_return": float32 [1, 1],
+     "last_action": previous action [1, 1, ...], "agent_state": agent state nest}
+done marks the first step of an episode (the env was just reset; the stream's first step too);
+truncated tells whether the episode that ended was cut off by a time limit; on a done step
+reward, episode_step and episode_return belong to the episode that ended.
+"agent_state" is initial_agent_state at the start of a stream, then the model's previous
+"agent_state" output: every array needs size 1 at dim 1, e.g. LSTM (h, c) of [layers, 1, hidden]
+each; () for stateless models. Resetting the state on done is the model's job. "last_action" is
+initial_action (default: int64 zeros [1, 1]) on a stream's first step.
+The model answers each Batch with a dict holding "action" (a nest, [1, B, ...]), optionally
+"agent_state" (the new state) and anything else (policy logits, baseline). The action goes to
+the env without its two leading dims.
+
+Rollouts: each step's inputs without "agent_state" plus the outputs without "agent_state" are
+concatenated along dim 0 into unroll_length + 1 steps; consecutive rollouts of an actor overlap
+by one step. learner_queue gets {"rollout": {... [T + 1, 1, ...]}, "initial_agent_state": the
+"agent_state" input of the rollout's first step}; use BatchingQueue(batch_dim=1).
+
+run() blocks (without the GIL) until every actor stopped. It returns normally when the
+learner queue or the batcher is closed or after stop(), and raises the first fatal error
+otherwise (EnvError when an env failed, ValueError for bad model outputs). A server that
+cannot be reached or goes away is logged to stderr and retried with backoff (50 ms to 2 s);
+the actor drops its partial rollout and starts over from initial_agent_state, and the other
+actors go on. count() is the number of env steps taken so far.)doc")
+      .def(py::init([](int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
+                       std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> addresses,
+                       const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action) {
+             return std::make_shared<ActorPool>(unroll_length, std::move(learner_queue), std::move(inference_batcher),
+                                                std::move(addresses), initial_agent_state, initial_action);
+           }),
+           py::arg("unroll_length"), py::arg("learner_queue"), py::arg("inference_batcher"),
+           py::arg("env_server_addresses"), py::arg("initial_agent_state") = py::tuple(),
+           py::arg("initial_action") = py::none())
+      .def("run", &ActorPool::Run, py::call_guard<py::gil_scoped_release>())
+      .def("stop", &ActorPool::Stop, py::call_guard<py::gil_scoped_release>(),
+           "Cancels the actors' streams and backoff waits; actors blocked in the batcher or on a full "
+           "learner queue stop when those return or are closed.")
+      .def("count", &ActorPool::count, "Env steps taken so far, over all actors.");
+}
+
+}  // namespace python
+}  // namespace torchbeast

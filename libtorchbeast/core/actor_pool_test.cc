@@ -1,0 +1,218 @@
+#include "core/actor_pool.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "core/env_server.h"
+#include "core/test_util.h"
+
+namespace torchbeast {
+namespace {
+
+using std::chrono::milliseconds;
+using testing::CountingEnv;
+using testing::TempSocket;
+
+EnvFactory Counting(int32_t id, int32_t episode_length, int64_t fail_at_step = -1) {
+  return [=]() -> std::unique_ptr<Env> {
+    return std::make_unique<CountingEnv>(id, episode_length, /*truncate=*/false, fail_at_step);
+  };
+}
+
+// Answers with action 0, baseline 0.5 and agent_state + 1 (state: float32 [1, B, 2]) until
+// the batcher closes.
+void Model(DynamicBatcher* batcher, bool with_action = true) {
+  try {
+    for (;;) {
+      auto batch = batcher->GetBatch();
+      const int64_t b = batch->batch_size();
+      const Array& state = batch->inputs().map().at("agent_state").vector()[0].leaf();
+      Array next(DType::kFloat32, state.shape());
+      for (int64_t i = 0; i < state.numel(); ++i)
+        static_cast<float*>(next.data())[i] = static_cast<const float*>(state.data())[i] + 1.0f;
+      Array baseline(DType::kFloat32, {1, b});
+      for (int64_t i = 0; i < b; ++i) static_cast<float*>(baseline.data())[i] = 0.5f;
+      ArrayNest::Map out{{"baseline", baseline}, {"agent_state", ArrayNest::Vector{next}}};
+      if (with_action) out.emplace("action", Array::Zeros(DType::kInt64, {1, b}));
+      batch->SetOutputs(ArrayNest(std::move(out)));
+    }
+  } catch (const ClosedError&) {
+  }
+}
+
+ArrayNest InitialState() { return ArrayNest(ArrayNest::Vector{Array::Zeros(DType::kFloat32, {1, 1, 2})}); }
+
+struct Fixture {
+  Fixture()
+      : learner_queue(std::make_shared<BatchingQueue>(/*batch_dim=*/1, /*minimum_batch_size=*/1,
+                                                      /*maximum_batch_size=*/1, /*timeout_ms=*/std::nullopt,
+                                                      /*check_inputs=*/true, /*maximum_queue_size=*/4)),
+        batcher(std::make_shared<DynamicBatcher>(/*batch_dim=*/1, /*minimum_batch_size=*/1,
+                                                 /*maximum_batch_size=*/4, /*timeout_ms=*/1,
+                                                 /*check_outputs=*/true)) {}
+  void Close() {
+    learner_queue->Close();
+    batcher->Close();
+  }
+  std::shared_ptr<BatchingQueue> learner_queue;
+  std::shared_ptr<DynamicBatcher> batcher;
+};
+
+int32_t EnvId(const ArrayNest& rollout, int64_t t = 0) {
+  return static_cast<const int32_t*>(rollout.map().at("observation").map().at("id").leaf().data())[t];
+}
+
+TEST(ActorPoolTest, RolloutsHaveTheRightShapesAndOverlap) {
+  constexpr int64_t kUnroll = 4;
+  EnvServer a(Counting(/*id=*/0, /*episode_length=*/6), TempSocket("a"));
+  EnvServer b(Counting(/*id=*/1, /*episode_length=*/6), TempSocket("b"));
+  a.Start();
+  b.Start();
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), true);
+  ActorPool pool(kUnroll, f.learner_queue, f.batcher, {a.address(), b.address()}, InitialState());
+  std::thread runner([&pool] { pool.Run(); });
+
+  std::map<int32_t, std::vector<ArrayNest>> by_env;
+  for (int i = 0; i < 20; ++i) {
+    ArrayNest item = f.learner_queue->DequeueMany();
+    const ArrayNest& rollout = item.map().at("rollout");
+    const auto& m = rollout.map();
+    EXPECT_EQ(m.at("observation").map().at("frame").leaf().shape(), (std::vector<int64_t>{kUnroll + 1, 1, 2, 3}));
+    for (const char* key : {"reward", "done", "truncated", "episode_step", "episode_return", "last_action", "action",
+                            "baseline"}) {
+      EXPECT_EQ(m.at(key).leaf().shape(), (std::vector<int64_t>{kUnroll + 1, 1})) << key;
+    }
+    EXPECT_EQ(m.count("agent_state"), 0u);
+    EXPECT_EQ(m.at("done").leaf().dtype(), DType::kBool);
+    const Array& state = item.map().at("initial_agent_state").vector()[0].leaf();
+    EXPECT_EQ(state.shape(), (std::vector<int64_t>{1, 1, 2}));
+    by_env[EnvId(rollout)].push_back(item);
+  }
+  f.Close();
+  runner.join();
+  model.join();
+  EXPECT_GE(pool.count(), 20 * kUnroll);
+
+  for (const auto& [id, items] : by_env) {
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      const ArrayNest& rollout = items[k].map().at("rollout");
+      // The state went up by one per step: rollout k starts at step k * kUnroll.
+      const float s = static_cast<const float*>(items[k].map().at("initial_agent_state").vector()[0].leaf().data())[0];
+      EXPECT_EQ(s, static_cast<float>(k * kUnroll)) << "env " << id << " rollout " << k;
+      const auto* frame = static_cast<const uint8_t*>(rollout.map().at("observation").map().at("frame").leaf().data());
+      const auto* done = static_cast<const bool*>(rollout.map().at("done").leaf().data());
+      for (int64_t t = 0; t <= kUnroll; ++t) {
+        const int64_t global_step = static_cast<int64_t>(k) * kUnroll + t;
+        EXPECT_EQ(frame[t * 6], global_step % 6) << "env " << id << " rollout " << k << " t " << t;
+        EXPECT_EQ(done[t], global_step % 6 == 0);
+      }
+      if (k > 0) {  // Overlap by one: same last/first step.
+        const ArrayNest& prev = items[k - 1].map().at("rollout");
+        const auto* prev_frame = static_cast<const uint8_t*>(prev.map().at("observation").map().at("frame").leaf().data());
+        EXPECT_EQ(prev_frame[kUnroll * 6], frame[0]);
+      }
+    }
+  }
+}
+
+TEST(ActorPoolTest, EnvErrorIsRethrownByRun) {
+  EnvServer a(Counting(/*id=*/0, /*episode_length=*/100, /*fail_at_step=*/5), TempSocket("a"));
+  a.Start();
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), true);
+  std::thread learner([&f] {
+    try {
+      for (;;) f.learner_queue->DequeueMany();
+    } catch (const ClosedError&) {
+    }
+  });
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {a.address()}, InitialState());
+  try {
+    pool.Run();
+    FAIL() << "expected EnvError";
+  } catch (const EnvError& e) {
+    EXPECT_NE(std::string(e.what()).find("failing as asked"), std::string::npos);
+  }
+  f.Close();
+  model.join();
+  learner.join();
+}
+
+TEST(ActorPoolTest, BadModelOutputIsRethrownByRun) {
+  EnvServer a(Counting(/*id=*/0, /*episode_length=*/100), TempSocket("a"));
+  a.Start();
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), /*with_action=*/false);
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {a.address()}, InitialState());
+  EXPECT_THROW(pool.Run(), InvalidArgument);
+  f.Close();
+  model.join();
+}
+
+TEST(ActorPoolTest, SurvivesAServerThatGoesAway) {
+  const std::string address_a = TempSocket("a");
+  auto a = std::make_unique<EnvServer>(Counting(/*id=*/0, /*episode_length=*/1000), address_a);
+  EnvServer b(Counting(/*id=*/1, /*episode_length=*/1000), TempSocket("b"));
+  a->Start();
+  b.Start();
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), true);
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {address_a, b.address()}, InitialState());
+  std::thread runner([&pool] { pool.Run(); });
+
+  auto count_ids = [&f](int n) {
+    std::map<int32_t, int> ids;
+    for (int i = 0; i < n; ++i) ++ids[EnvId(f.learner_queue->DequeueMany().map().at("rollout"))];
+    return ids;
+  };
+  auto before = count_ids(20);
+  EXPECT_GT(before[0], 0);
+  a->Stop();
+  a.reset();
+  auto during = count_ids(40);
+  EXPECT_GT(during[1], 30);  // The other actor went on (a few of A's rollouts may be queued).
+  a = std::make_unique<EnvServer>(Counting(/*id=*/0, /*episode_length=*/1000), address_a);
+  a->Start();
+  // A's actor reconnects after its backoff (B's actor keeps the queue busy meanwhile).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool reconnected = false;
+  while (!reconnected && std::chrono::steady_clock::now() < deadline) {
+    reconnected = EnvId(f.learner_queue->DequeueMany().map().at("rollout")) == 0;
+  }
+  EXPECT_TRUE(reconnected);
+  f.Close();
+  runner.join();
+  model.join();
+}
+
+TEST(ActorPoolTest, StopWithoutServers) {
+  Fixture f;
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {TempSocket("nobody")}, InitialState());
+  std::thread stopper([&pool] {
+    std::this_thread::sleep_for(milliseconds(200));
+    pool.Stop();
+  });
+  pool.Run();  // Retries until stopped, then returns normally.
+  stopper.join();
+  EXPECT_EQ(pool.count(), 0);
+}
+
+TEST(ActorPoolTest, InvalidArguments) {
+  Fixture f;
+  EXPECT_THROW(ActorPool(/*unroll_length=*/0, f.learner_queue, f.batcher, {"unix:/x"}, InitialState()),
+               InvalidArgument);
+  EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {}, InitialState()), InvalidArgument);
+  EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {"unix:/x"},
+                         ArrayNest(Array::Zeros(DType::kFloat32, {1, 3}))),
+               InvalidArgument);
+  EXPECT_THROW(ActorPool(/*unroll_length=*/2, nullptr, f.batcher, {"unix:/x"}, InitialState()), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace torchbeast

@@ -1,0 +1,61 @@
+// EnvClient: the actor's end of one env server stream (rpcenv.proto).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "core/env.h"
+
+namespace grpc {
+class Channel;
+class ClientContext;
+template <class W, class R>
+class ClientReaderWriter;
+}  // namespace grpc
+
+namespace torchbeast {
+namespace rpcenv {
+class Action;
+class Step;
+}  // namespace rpcenv
+
+class EnvClient {
+ public:
+  // `address`: "unix:/path" or "host:port". Makes a channel of its own; connects in Connect().
+  explicit EnvClient(std::string address);
+  ~EnvClient();
+  EnvClient(const EnvClient&) = delete;
+  EnvClient& operator=(const EnvClient&) = delete;
+
+  // Opens a new stream (ending any previous one) and returns the first step, right after the
+  // server reset its env. Throws RpcError when the server cannot be reached or the stream
+  // breaks (retrying may help), EnvError when the server's env failed, InvalidArgument when
+  // the server could not decode an action, ClosedError after Cancel().
+  EnvStep Connect();
+  // Sends an action and returns the next step. Throws like Connect(); Error without a stream.
+  EnvStep Step(const ArrayNest& action);
+  // Ends the stream cleanly (the server destroys its env). Does nothing without a stream.
+  void Close();
+  // Cancels the stream from any thread: a blocked Connect() or Step() throws ClosedError, and
+  // so does every later call.
+  void Cancel();
+
+  const std::string& address() const { return address_; }
+
+ private:
+  [[noreturn]] void ThrowStreamError();  // After a failed read or write.
+  static EnvStep FromProto(rpcenv::Step* step);
+
+  const std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<grpc::ClientReaderWriter<rpcenv::Action, rpcenv::Step>> stream_;
+  std::unique_ptr<rpcenv::Action> action_;  // Reused between steps.
+  std::unique_ptr<rpcenv::Step> step_;
+
+  std::mutex mu_;  // Lets Cancel() reach the context from another thread.
+  std::unique_ptr<grpc::ClientContext> context_ /* GUARDED_BY(mu_) */;
+  bool cancelled_ /* GUARDED_BY(mu_) */ = false;
+};
+
+}  // namespace torchbeast

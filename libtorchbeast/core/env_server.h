@@ -1,0 +1,63 @@
+// EnvServer: a gRPC server that runs one environment per client stream (rpcenv.proto).
+//
+// For every stream it makes an env with the factory, sends the first step after Reset(), and
+// answers each action with one step. When an episode ends (terminated or truncated) it resets
+// the env itself and sends the new episode's first observation with done = true, the
+// `truncated` flag of the ended episode, and that episode's length and return. Env failures
+// end the stream with status ABORTED carrying the error message; an action that cannot be
+// decoded ends it with INVALID_ARGUMENT.
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "core/env.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace torchbeast {
+
+class EnvServer {
+ public:
+  // `address`: "unix:/path/to/socket" or "host:port" (port 0 picks a free port, see port()).
+  EnvServer(EnvFactory env_factory, std::string address);
+  ~EnvServer();  // Stops the server.
+  EnvServer(const EnvServer&) = delete;
+  EnvServer& operator=(const EnvServer&) = delete;
+
+  // Starts serving in gRPC's threads and returns. Throws Error if the address cannot be bound
+  // or the server was started before; does nothing after Stop().
+  void Start();
+  // Blocks until Stop() has finished.
+  void Wait();
+  // Start() then Wait().
+  void Run();
+  // Cancels open streams, waits for their handlers to return and makes Wait() return.
+  // Safe to call from any thread, more than once, and before Start().
+  void Stop();
+
+  const std::string& address() const { return address_; }
+  // The TCP port bound by Start() (useful with port 0); 0 for unix sockets or before Start().
+  int port() const;
+
+ private:
+  class Service;
+  void StartLocked();  // Needs mu_.
+
+  const std::string address_;
+  const std::unique_ptr<Service> service_;
+
+  mutable std::mutex mu_;
+  std::condition_variable stopped_cv_;  // Signalled when stopped_ becomes true.
+  std::unique_ptr<grpc::Server> server_ /* GUARDED_BY(mu_) */;
+  bool started_ /* GUARDED_BY(mu_) */ = false;
+  bool stop_requested_ /* GUARDED_BY(mu_) */ = false;
+  bool stopped_ /* GUARDED_BY(mu_) */ = false;  // Stop() has shut the server down.
+  int port_ /* GUARDED_BY(mu_) */ = 0;
+};
+
+}  // namespace torchbeast

@@ -1,0 +1,250 @@
+"""End to end: Python envs behind real gRPC servers, an ActorPool, a DynamicBatcher answered by
+a trivial "model" in a Python thread, and a BatchingQueue of rollouts."""
+
+import collections
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from libtorchbeast import ActorPool, BatchingQueue, DynamicBatcher, EnvError, Server
+
+UNROLL = 5
+EPISODE = 7
+
+
+class ToyEnv:
+    """Observation {"frame": uint8 [3, 2] = step in episode, "id": int32 [] = server id}."""
+
+    def __init__(self, env_id, fail_at=None):
+        self.env_id, self.fail_at, self.t, self.total = env_id, fail_at, 0, 0
+
+    def obs(self):
+        return {"frame": np.full((3, 2), self.t, np.uint8), "id": np.int32(self.env_id)}
+
+    def reset(self):
+        self.t = 0
+        return self.obs(), {}
+
+    def step(self, action):
+        assert action.shape == () and action.dtype == np.int64
+        self.t += 1
+        self.total += 1
+        if self.total == self.fail_at:
+            raise RuntimeError("toy env exploded")
+        return self.obs(), float(action), False, self.t >= EPISODE, {}
+
+
+def model_thread(batcher, hidden=4):
+    """Action = 1, baseline = episode_step, agent_state = agent_state + 1."""
+
+    def loop():
+        for batch in batcher:
+            x = batch.get_inputs()
+            b = x["reward"].shape[1]
+            batch.set_outputs({
+                "action": np.ones((1, b), np.int64),
+                "baseline": x["episode_step"].astype(np.float32),
+                "policy_logits": np.zeros((1, b, 6), np.float32),
+                "agent_state": (x["agent_state"][0] + 1,),
+            })
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    return thread
+
+
+class Harness:
+    def __init__(self, addresses, batch_size=1, fail_at=None):
+        self.learner_queue = BatchingQueue(batch_dim=1, minimum_batch_size=batch_size,
+                                           maximum_batch_size=batch_size, maximum_queue_size=8)
+        self.batcher = DynamicBatcher(batch_dim=1, minimum_batch_size=1, maximum_batch_size=8, timeout_ms=1)
+        self.model = model_thread(self.batcher)
+        self.pool = ActorPool(
+            unroll_length=UNROLL,
+            learner_queue=self.learner_queue,
+            inference_batcher=self.batcher,
+            env_server_addresses=addresses,
+            initial_agent_state=(np.zeros((1, 1, 4), np.float32),),
+        )
+        self.error = None
+        self.runner = threading.Thread(target=self._run)
+        self.runner.start()
+
+    def _run(self):
+        try:
+            self.pool.run()
+        except Exception as e:  # noqa: BLE001 - checked by the tests
+            self.error = e
+
+    def close(self):
+        self.learner_queue.close()
+        self.batcher.close()
+        self.runner.join(timeout=10)
+        self.model.join(timeout=10)
+        assert not self.runner.is_alive() and not self.model.is_alive()
+
+
+def start_servers(addresses, fail_at=None):
+    servers = []
+    for i, address in enumerate(addresses):
+        server = Server(lambda i=i: ToyEnv(i, fail_at), address)
+        server.start()
+        servers.append(server)
+    return servers
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_rollouts(items, batch_size):
+    """Shapes, overlap by one, agent states and episode bookkeeping, per env id."""
+    by_env = collections.defaultdict(list)
+    for item in items:
+        rollout = item["rollout"]
+        assert rollout["observation"]["frame"].shape == (UNROLL + 1, batch_size, 3, 2)
+        for key in ["reward", "done", "truncated", "episode_step", "episode_return", "last_action",
+                    "action", "baseline"]:
+            assert rollout[key].shape == (UNROLL + 1, batch_size), key
+        assert rollout["policy_logits"].shape == (UNROLL + 1, batch_size, 6)
+        assert "agent_state" not in rollout
+        assert rollout["done"].dtype == np.bool_ and rollout["episode_step"].dtype == np.int32
+        assert item["initial_agent_state"][0].shape == (1, batch_size, 4)
+        for b in range(batch_size):
+            env_id = int(rollout["observation"]["id"][0, b])
+            by_env[env_id].append((
+                {k: v[:, b] for k, v in rollout.items() if k != "observation"},
+                rollout["observation"]["frame"][:, b, 0, 0],
+                float(item["initial_agent_state"][0][0, b, 0]),
+            ))
+    for env_id, rollouts in by_env.items():
+        for k, (r, frames, state) in enumerate(rollouts):
+            steps = k * UNROLL + np.arange(UNROLL + 1)  # Steps since the stream started.
+            np.testing.assert_array_equal(frames, steps % EPISODE)
+            np.testing.assert_array_equal(r["done"], steps % EPISODE == 0)
+            np.testing.assert_array_equal(r["truncated"], (steps % EPISODE == 0) & (steps > 0))
+            ended = steps % EPISODE == 0
+            np.testing.assert_array_equal(r["episode_step"], np.where(ended, np.where(steps > 0, EPISODE, 0), steps % EPISODE))
+            np.testing.assert_array_equal(r["last_action"], np.where(steps == 0, 0, 1))
+            np.testing.assert_array_equal(r["baseline"], r["episode_step"])
+            assert state == k * UNROLL  # The state went up by one per step.
+            if k > 0:  # Overlap by one step.
+                previous = rollouts[k - 1]
+                assert previous[1][-1] == frames[0]
+                for key, value in r.items():
+                    np.testing.assert_array_equal(previous[0][key][-1], value[0], err_msg=key)
+    return by_env
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_end_to_end_over_unix_sockets(tmp_path, batch_size):
+    addresses = [f"unix:{tmp_path}/env-{i}" for i in range(3)]
+    servers = start_servers(addresses)
+    harness = Harness(addresses, batch_size=batch_size)
+    items = [harness.learner_queue.dequeue_many() for _ in range(12)]
+    harness.close()
+    for server in servers:
+        server.stop()
+    assert harness.error is None
+    by_env = check_rollouts(items, batch_size)
+    assert len(by_env) >= 2
+    # Each rollout adds UNROLL steps; actors may have stepped a little further.
+    assert harness.pool.count() >= 12 * batch_size * UNROLL
+
+
+def test_end_to_end_over_tcp():
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    servers = start_servers(addresses)
+    harness = Harness(addresses)
+    items = [harness.learner_queue.dequeue_many() for _ in range(8)]
+    harness.close()
+    for server in servers:
+        server.stop()
+    assert harness.error is None
+    check_rollouts(items, batch_size=1)
+    assert harness.pool.count() >= 8 * UNROLL
+
+
+def test_env_error_is_raised_by_run(tmp_path):
+    addresses = [f"unix:{tmp_path}/env"]
+    servers = start_servers(addresses, fail_at=3)
+    harness = Harness(addresses)
+    harness.runner.join(timeout=10)
+    assert isinstance(harness.error, EnvError)
+    assert "toy env exploded" in str(harness.error)
+    harness.close()
+    servers[0].stop()
+
+
+def test_survives_a_server_that_goes_away(tmp_path):
+    addresses = [f"unix:{tmp_path}/env-{i}" for i in range(2)]
+    servers = start_servers(addresses)
+    harness = Harness(addresses)
+
+    def next_ids(n):
+        return [int(harness.learner_queue.dequeue_many()["rollout"]["observation"]["id"][0, 0]) for _ in range(n)]
+
+    assert 0 in next_ids(10)
+    servers[0].stop()
+    assert next_ids(30).count(1) >= 25  # Actor 1 goes on (a few of actor 0's rollouts may be queued).
+    servers[0] = Server(lambda: ToyEnv(0), addresses[0])
+    servers[0].start()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and 0 not in next_ids(1):
+        pass
+    assert time.monotonic() < deadline, "actor 0 did not reconnect"
+    harness.close()
+    for server in servers:
+        server.stop()
+    assert harness.error is None
+
+
+def test_bad_model_outputs_are_raised_by_run(tmp_path):
+    addresses = [f"unix:{tmp_path}/env"]
+    servers = start_servers(addresses)
+    queue = BatchingQueue(batch_dim=1)
+    batcher = DynamicBatcher(batch_dim=1)
+
+    def model():
+        for batch in batcher:
+            batch.set_outputs({"reward": batch.get_inputs()["reward"], "action": batch.get_inputs()["last_action"]})
+
+    thread = threading.Thread(target=model)
+    thread.start()
+    pool = ActorPool(unroll_length=2, learner_queue=queue, inference_batcher=batcher,
+                     env_server_addresses=addresses)
+    with pytest.raises(ValueError, match="'reward' has the name of an actor input"):
+        pool.run()
+    batcher.close()
+    thread.join(timeout=5)
+    servers[0].stop()
+
+
+def test_stop_without_servers(tmp_path):
+    pool = ActorPool(unroll_length=2, learner_queue=BatchingQueue(), inference_batcher=DynamicBatcher(),
+                     env_server_addresses=[f"unix:{tmp_path}/nobody"])
+    threading.Timer(0.2, pool.stop).start()
+    pool.run()  # Retries until stopped.
+    assert pool.count() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"unroll_length": 0}, "unroll_length"),
+        ({"env_server_addresses": []}, "no env server addresses"),
+        ({"initial_agent_state": np.zeros((1, 3))}, "size 1 at dim 1"),
+        ({"initial_action": np.zeros(1)}, r"leading dims \[1, 1\]"),
+    ],
+)
+def test_invalid_arguments(kwargs, message):
+    args = dict(unroll_length=2, learner_queue=BatchingQueue(), inference_batcher=DynamicBatcher(),
+                env_server_addresses=["unix:/nowhere"])
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        ActorPool(**args)

@@ -1,0 +1,194 @@
+"""libtorchbeast.Server with Python envs, driven through libtorchbeast.Client."""
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from libtorchbeast import Client, EnvError, RpcError, Server
+
+
+class CountingEnv:
+    """Observation {"frame": uint8 [2, 3] = episode step}; reward 1 + action; ends after
+    `length` steps (truncated if `truncate`); raises at step `fail_at` of an episode."""
+
+    closed = 0
+
+    def __init__(self, length=3, truncate=False, fail_at=None, bad_return=False):
+        self.length, self.truncate, self.fail_at, self.bad_return = length, truncate, fail_at, bad_return
+        self.t = 0
+
+    def reset(self, seed=None):
+        self.t = 0
+        return {"frame": np.zeros((2, 3), np.uint8)}, {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == self.fail_at:
+            raise ValueError(f"env failed at step {self.t}")
+        if self.bad_return:
+            return {"frame": np.zeros((2, 3), np.uint8)}, 0.0, False, {}
+        end = self.t >= self.length
+        obs = {"frame": np.full((2, 3), self.t, np.uint8)}
+        return obs, 1.0 + float(action), end and not self.truncate, end and self.truncate, {}
+
+    def close(self):
+        CountingEnv.closed += 1
+
+
+@pytest.fixture
+def serve(tmp_path):
+    servers = []
+
+    def start(factory, address=None):
+        server = Server(factory, address or f"unix:{tmp_path}/env-{len(servers)}")
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frame(step):
+    return int(step["observation"]["frame"][0, 0])
+
+
+def test_episodes_over_a_unix_socket(serve):
+    server = serve(lambda: CountingEnv(length=3))
+    client = Client(server.address)
+    first = client.connect()
+    assert first["done"] and not first["truncated"] and first["episode_step"] == 0
+    assert first["observation"]["frame"].shape == (2, 3)
+    s1 = client.step(np.int64(0))
+    assert (frame(s1), s1["reward"], s1["done"], s1["episode_step"]) == (1, 1.0, False, 1)
+    client.step(np.int64(1))
+    end = client.step(np.int64(0))
+    assert end["done"] and not end["truncated"]
+    assert end["episode_step"] == 3 and end["episode_return"] == 4.0  # The episode that ended.
+    assert frame(end) == 0  # The next episode's first observation.
+    after = client.step(np.int64(0))
+    assert after["episode_step"] == 1 and after["episode_return"] == 1.0
+    client.close()
+
+
+def test_truncation_is_separate_from_termination(serve):
+    server = serve(lambda: CountingEnv(length=2, truncate=True))
+    client = Client(server.address)
+    client.connect()
+    client.step(0)
+    end = client.step(0)
+    assert end["done"] and end["truncated"]
+
+
+@pytest.mark.parametrize("use_port_zero", [True, False])
+def test_tcp(serve, use_port_zero):
+    address = "127.0.0.1:0" if use_port_zero else f"127.0.0.1:{free_port()}"
+    server = serve(CountingEnv, address)
+    port = server.port if use_port_zero else int(address.rsplit(":", 1)[1])
+    assert server.port == port
+    client = Client(f"127.0.0.1:{port}")
+    assert client.connect()["done"]
+    assert frame(client.step(0)) == 1
+
+
+def test_the_action_arrives_as_numpy(serve):
+    seen = []
+
+    class Recorder(CountingEnv):
+        def step(self, action):
+            seen.append(action)
+            return super().step(0)
+
+    client = Client(serve(Recorder).address)
+    client.connect()
+    client.step({"move": np.int64(4), "aim": np.ones(2, np.float32)})
+    assert isinstance(seen[0]["move"], np.ndarray) and seen[0]["move"].shape == () and seen[0]["move"] == 4
+    np.testing.assert_array_equal(seen[0]["aim"], [1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (lambda: CountingEnv(fail_at=2), r"env.step\(\) raised ValueError: env failed at step 2"),
+        (lambda: CountingEnv(bad_return=True), r"must return \(observation, reward, terminated, truncated, info\)"),
+        (lambda: 1 / 0, r"env_factory\(\) raised ZeroDivisionError"),
+    ],
+)
+def test_env_errors_reach_the_client(serve, factory, message):
+    client = Client(serve(factory).address)
+    with pytest.raises(EnvError, match=message):
+        client.connect()
+        client.step(0)
+        client.step(0)
+
+
+def test_bad_observation_dtype_is_an_env_error(serve):
+    class Bad(CountingEnv):
+        def reset(self, seed=None):
+            return {"frame": np.array(["text"])}, {}
+
+    with pytest.raises(EnvError, match=r"unsupported array dtype <U4 .* at \['frame'\]"):
+        Client(serve(Bad).address).connect()
+
+
+def test_an_env_error_ends_only_that_stream(serve):
+    server = serve(lambda: CountingEnv(length=100, fail_at=2))
+    a, b = Client(server.address), Client(server.address)
+    a.connect()
+    b.connect()
+    a.step(0)
+    with pytest.raises(EnvError):
+        a.step(0)
+    b.step(0)  # Its own env, still at step 1.
+
+
+def test_envs_are_closed_when_streams_end(serve):
+    server = serve(CountingEnv)
+    before = CountingEnv.closed
+    client = Client(server.address)
+    client.connect()
+    client.close()
+    client.connect()  # A new stream, a new env.
+    client.close()
+    server.stop()
+    assert CountingEnv.closed == before + 2
+
+
+def test_no_server_is_a_connection_error(tmp_path):
+    with pytest.raises(RpcError) as info:
+        Client(f"unix:{tmp_path}/nobody").connect()
+    assert isinstance(info.value, ConnectionError)
+
+
+def test_run_returns_after_stop(tmp_path):
+    server = Server(CountingEnv, f"unix:{tmp_path}/env")
+    runner = threading.Thread(target=server.run)
+    runner.start()
+    client = Client(server.address)
+    for _ in range(100):
+        try:
+            client.connect()
+            break
+        except RpcError:
+            threading.Event().wait(0.02)
+    client.step(0)
+    server.stop()
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    with pytest.raises(RpcError):
+        client.step(0)
+    server.stop()  # Idempotent.
+
+
+def test_bind_failure(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot listen"):
+        Server(CountingEnv, f"unix:{tmp_path}/no/such/dir/env").run()
