@@ -94,3 +94,14 @@ def test_unknown_posemb_or_encoder():
         MemoryAgent(num_actions=6, posemb="bogus")
     with pytest.raises(ValueError, match="encoder"):
         MemoryAgent(num_actions=6, encoder="bogus")
+
+
+def test_large_frames_are_averaged_down_to_64():
+    """HD and Top ids render 256x256: the agent pools them to the encoder's 64x64."""
+    torch.manual_seed(0)
+    model = MemoryAgent(num_actions=6, encoder="small", hidden_size=16)
+    small = make_inputs(2, 1)
+    large = dict(small, frame=small["frame"].repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2))
+    a, _ = model(small, model.initial_state(1))
+    b, _ = model(large, model.initial_state(1))
+    torch.testing.assert_close(a["baseline"], b["baseline"])

@@ -179,6 +179,8 @@ class MemoryAgent(nn.Module):
     ) -> Tuple[Dict[str, torch.Tensor], AgentState]:
         T, B = inputs["frame"].shape[:2]
         frames = torch.flatten(inputs["frame"], 0, 1)
+        if frames.shape[-1] != 64:  # HD and Top ids render 256x256: average down to the encoder's 64x64
+            frames = F.adaptive_avg_pool2d(frames.float(), 64)
         features = [self.encoder(frames)]
         if self.posemb is not None:
             features.append(self.posemb(inputs))

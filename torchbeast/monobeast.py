@@ -11,7 +11,6 @@ weights back into the actors' model.
 from __future__ import annotations
 
 import argparse
-import collections
 import ctypes
 import logging
 import os
@@ -26,14 +25,10 @@ import torch
 import torch.multiprocessing as mp
 
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.checkpoint import load_checkpoint, save_checkpoint
 from torchbeast.core.device import select_device
-from torchbeast.core.environment import Environment, create_env, env_has_positions
+from torchbeast.core.environment import Environment, create_env, env_has_positions, frame_shape
 from torchbeast.core.evaluate import test
-from torchbeast.core.learner import learn_step, make_optimizer
-from torchbeast.core.run_outputs import RunLogger, plot_learning_curve, write_meta
-from torchbeast.core.runs import (build_model, check_resume_compatible, existing_checkpoint, model_config,
-                                  train_run_dir)
+from torchbeast.core.training import LearnerState, Reporter
 from torchbeast.errors import ConfigError
 
 log = logging.getLogger("torchbeast")
@@ -44,7 +39,7 @@ Buffers = Dict[str, List[torch.Tensor]]
 def buffer_specs(flags: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     """Shape and dtype of each rollout field, per step; rollouts hold unroll_length + 1 steps."""
     specs: Dict[str, Dict[str, Any]] = dict(
-        frame=dict(size=(3, 64, 64), dtype=torch.uint8),
+        frame=dict(size=frame_shape(flags.env), dtype=torch.uint8),
         reward=dict(size=(), dtype=torch.float32),
         done=dict(size=(), dtype=torch.bool),
         truncated=dict(size=(), dtype=torch.bool),
@@ -94,6 +89,7 @@ def act(
     _die_with_parent()
     torch.set_num_threads(1)
     logging.basicConfig(format="[%(levelname)s %(asctime)s actor] %(message)s", level=logging.INFO)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
     seed = None if flags.seed is None else flags.seed * 1000 + actor_index
     if seed is not None:
         torch.manual_seed(seed)
@@ -197,178 +193,88 @@ def get_batch(
     return batch, initial_agent_state
 
 
-class Trainer:
-    """The learner side of MonoBeast: owns the models, the optimiser, the outputs and the actors."""
-
-    def __init__(self, flags: argparse.Namespace) -> None:
-        self.flags = flags
-        self.run_dir = train_run_dir(flags)
-        self.device = select_device(flags.gpu_n, flags.disable_cuda)
-        if flags.seed is not None:
-            torch.manual_seed(flags.seed)
-        self.learner_model = build_model(model_config(flags)).to(self.device)
-        self.optimizer, self.scheduler = make_optimizer(flags, self.learner_model)
-        self.step = 0
-        self.recent_returns: collections.deque = collections.deque(maxlen=100)
-        self.recent_lengths: collections.deque = collections.deque(maxlen=100)
-        self.last_stats: Dict[str, Any] = {}
-        self._resume()
-        self.actor_model = build_model(model_config(flags))
-        self.actor_model.load_state_dict(self.learner_model.state_dict())
-        self.actor_model.share_memory()
-        self.actor_model.eval()
-        write_meta(self.run_dir, vars(flags), extra=dict(resumed_from_step=self.step, device=str(self.device)))
-        self.logger = RunLogger(self.run_dir)
-        self.checkpoint_path = os.path.join(self.run_dir, "model.tar")
-
-    def _resume(self) -> None:
-        path = existing_checkpoint(self.run_dir)
-        if path is None:
-            return
-        state = load_checkpoint(path)
-        check_resume_compatible(state["model_config"], self.flags, path)
-        self.learner_model.load_state_dict(state["model_state_dict"])
-        self.optimizer.load_state_dict(state["optimizer_state_dict"])
-        self.scheduler.load_state_dict(state["scheduler_state_dict"])
-        self.step = int(state["step"])
-        self.recent_returns.extend(state.get("recent_returns", []))
-        log.info("Resuming %s from step %d", path, self.step)
-
-    def save(self) -> None:
-        save_checkpoint(self.checkpoint_path, dict(
-            model_state_dict=self.learner_model.state_dict(),
-            optimizer_state_dict=self.optimizer.state_dict(),
-            scheduler_state_dict=self.scheduler.state_dict(),
-            model_config=model_config(self.flags),
-            step=self.step,
-            flags=vars(self.flags),
-            recent_returns=list(self.recent_returns),
-        ))
-        plot_learning_curve(self.logger.csv_path, os.path.join(self.run_dir, "learning_curve.png"),
-                            title=f"{self.flags.xpid}: {self.flags.env}")
-        log.info("Saved checkpoint %s at step %d", self.checkpoint_path, self.step)
-
-    def train(self) -> None:
-        flags = self.flags
-        if self.step >= flags.total_steps:
-            log.info("Run %s already has %d >= --total_steps %d steps; nothing to do.",
-                     flags.xpid, self.step, flags.total_steps)
-            return
-        ctx = mp.get_context("spawn")
-        buffers = create_buffers(flags)
-        initial_agent_state_buffers = []
-        for _ in range(flags.num_buffers):
-            state = self.actor_model.initial_state(1)
-            initial_agent_state_buffers.append([t.share_memory_() for t in state])
-        free_queue, full_queue = ctx.SimpleQueue(), ctx.Queue()
-        actors = []
-        for i in range(flags.num_actors):
-            actor = ctx.Process(target=act, name=f"actor-{i}", daemon=True, args=(
-                flags, i, free_queue, full_queue, self.actor_model, buffers, initial_agent_state_buffers))
-            actor.start()
-            actors.append(actor)
-        for m in range(flags.num_buffers):
-            free_queue.put(m)
-
-        stop = threading.Event()
-        batch_lock, learn_lock = threading.Lock(), threading.Lock()
-        errors: List[BaseException] = []
-
-        def learner_thread() -> None:
-            try:
-                while not stop.is_set() and self.step < flags.total_steps:
-                    got = get_batch(flags, free_queue, full_queue, buffers, initial_agent_state_buffers,
-                                    self.device, batch_lock, stop)
-                    if got is None:
-                        return
-                    batch, agent_state = got
-                    with learn_lock:
-                        stats = learn_step(flags, self.learner_model, batch, agent_state, self.optimizer,
-                                           self.scheduler)
-                        self.actor_model.load_state_dict(self.learner_model.state_dict())
-                        self.step += flags.unroll_length * flags.batch_size
-                        self._record(stats)
-            except BaseException as e:  # surfaced in the main thread
-                errors.append(e)
-                stop.set()
-
-        threads = [threading.Thread(target=learner_thread, name=f"learner-{i}", daemon=True)
-                   for i in range(flags.num_learner_threads)]
-        start_step, start_time = self.step, time.monotonic()
-        for thread in threads:
-            thread.start()
-        last_log = last_checkpoint = time.monotonic()
-        last_log_step = self.step
-        try:
-            while any(t.is_alive() for t in threads):
-                time.sleep(0.2)
-                now = time.monotonic()
-                dead = [a for a in actors if not a.is_alive() and a.exitcode not in (0, None)]
-                if dead:
-                    raise RuntimeError(f"{dead[0].name} died with exit code {dead[0].exitcode}")
-                if now - last_log >= flags.log_interval:
-                    self._print_progress((self.step - last_log_step) / (now - last_log))
-                    last_log, last_log_step = now, self.step
-                if now - last_checkpoint >= flags.checkpoint_interval:
-                    with learn_lock:
-                        self.save()
-                    last_checkpoint = now
-            if errors:
-                raise errors[0]
-        except KeyboardInterrupt:
-            log.info("Interrupted: saving and stopping.")
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
-            with learn_lock:
-                self.save()
-            self._stop_actors(actors, free_queue)
-            self.logger.close()
-        elapsed = time.monotonic() - start_time
-        log.info("Trained %d steps in %.0f s (%.1f SPS) to step %d.", self.step - start_step, elapsed,
-                 (self.step - start_step) / max(elapsed, 1e-9), self.step)
-
-    def _record(self, stats: Dict[str, Any]) -> None:
-        self.recent_returns.extend(stats["episode_returns"])
-        self.recent_lengths.extend(stats["episode_steps"])
-        now = time.monotonic()
-        if not hasattr(self, "_sps_clock"):
-            self._sps_clock = (now, self.step)
-        t0, s0 = self._sps_clock
-        sps = (self.step - s0) / (now - t0) if now > t0 else None
-        self._sps_clock = (now, self.step)
-        row = {key: stats[key] for key in ("total_loss", "pg_loss", "baseline_loss", "entropy_loss",
-                                           "learning_rate", "grad_norm")}
-        returns = stats["episode_returns"]
-        row.update(step=self.step, time=time.time(), sps=sps, episodes=len(returns),
-                   mean_episode_return=sum(returns) / len(returns) if returns else None,
-                   mean_episode_step=sum(stats["episode_steps"]) / len(returns) if returns else None)
-        self.logger.log(row)
-        self.last_stats = row
-
-    def _print_progress(self, sps: float) -> None:
-        mean_return = (f"{sum(self.recent_returns) / len(self.recent_returns):.2f} "
-                       f"over {len(self.recent_returns)} episodes" if self.recent_returns else "no episode yet")
-        loss = self.last_stats.get("total_loss")
-        loss_text = f"{loss:.3f}" if loss is not None else "-"
-        print(f"step {self.step:>10d} | {sps:7.1f} SPS | return {mean_return} | loss {loss_text}", flush=True)
-
-    @staticmethod
-    def _stop_actors(actors: List[Any], free_queue: Any) -> None:
-        for _ in actors:
-            free_queue.put(None)
-        deadline = time.monotonic() + 10
-        for actor in actors:
-            actor.join(timeout=max(0.0, deadline - time.monotonic()))
-        for actor in actors:
-            if actor.is_alive():
-                actor.terminate()
-                actor.join(timeout=5)
-
-
 def train(flags: argparse.Namespace) -> None:
-    Trainer(flags).train()
+    """Trains until --total_steps (resuming SAVEDIR/XPID when it has a checkpoint)."""
+    state = LearnerState(flags, select_device(flags.gpu_n, flags.disable_cuda))
+    if state.done:
+        log.info("Run %s already has %d >= --total_steps %d steps; nothing to do.",
+                 flags.xpid, state.step, flags.total_steps)
+        state.close()
+        return
+    actor_model = state.new_model_copy(torch.device("cpu"))
+    actor_model.share_memory()
+
+    def copy_weights_to_actors() -> None:
+        actor_model.load_state_dict(state.model.state_dict())
+
+    ctx = mp.get_context("spawn")
+    buffers = create_buffers(flags)
+    initial_agent_state_buffers = [[t.share_memory_() for t in actor_model.initial_state(1)]
+                                   for _ in range(flags.num_buffers)]
+    free_queue, full_queue = ctx.SimpleQueue(), ctx.Queue()
+    actors = []
+    for i in range(flags.num_actors):
+        actor = ctx.Process(target=act, name=f"actor-{i}", daemon=True, args=(
+            flags, i, free_queue, full_queue, actor_model, buffers, initial_agent_state_buffers))
+        actor.start()
+        actors.append(actor)
+    for m in range(flags.num_buffers):
+        free_queue.put(m)
+
+    stop = threading.Event()
+    batch_lock = threading.Lock()
+    errors: List[BaseException] = []
+
+    def learner_thread() -> None:
+        try:
+            while not stop.is_set() and not state.done:
+                got = get_batch(flags, free_queue, full_queue, buffers, initial_agent_state_buffers,
+                                state.device, batch_lock, stop)
+                if got is None:
+                    return
+                state.learn(*got, after_update=copy_weights_to_actors)
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=learner_thread, name=f"learner-{i}", daemon=True)
+               for i in range(flags.num_learner_threads)]
+    reporter = Reporter(state)
+    for thread in threads:
+        thread.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.2)
+            dead = [a for a in actors if not a.is_alive() and a.exitcode not in (0, None)]
+            if dead and not errors:
+                time.sleep(1.0)  # let the actor's own report arrive first
+                if not errors:
+                    raise RuntimeError(f"{dead[0].name} died with exit code {dead[0].exitcode}")
+            reporter.tick()
+        if errors:
+            raise errors[0]
+    except KeyboardInterrupt:
+        log.info("Interrupted: saving and stopping.")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        state.save()
+        _stop_actors(actors, free_queue)
+        state.close()
+    reporter.summary()
+
+
+def _stop_actors(actors: List[Any], free_queue: Any) -> None:
+    for _ in actors:
+        free_queue.put(None)
+    deadline = time.monotonic() + 10
+    for actor in actors:
+        actor.join(timeout=max(0.0, deadline - time.monotonic()))
+    for actor in actors:
+        if actor.is_alive():
+            actor.terminate()
+            actor.join(timeout=5)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -37,6 +37,15 @@ def env_has_positions(env_id: str) -> bool:
     return has_positions(env_id)
 
 
+def frame_shape(env_id: str) -> Tuple[int, ...]:
+    """(3, H, W) of `env_id`'s frames, without building the env."""
+    if env_id == CUE_MEMORY_ID:
+        return (3, 64, 64)
+    from torchbeast.envs import observation_shapes
+
+    return tuple(observation_shapes(env_id)["frame"][0])
+
+
 def _as_tensor(value: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(value)).view(1, 1, *np.shape(value))
 

@@ -88,7 +88,7 @@ def test(flags: argparse.Namespace) -> Dict[str, Any]:
             positions: List[np.ndarray] = []
             layout = getattr(env.env, "maze_layout", None)
             if "position" in step:
-                positions.append(step["position"][0, 0].numpy() * env.env.maze_size)
+                positions.append(step["position"][0, 0].numpy())
             bar = ProgressBar(max_steps, f"episode {episode + 1}/{flags.test_episodes}")
             t = 0
             while True:
@@ -102,7 +102,7 @@ def test(flags: argparse.Namespace) -> Dict[str, Any]:
                     break
                 frames.append(_episode_frames(step))
                 if "position" in step:
-                    positions.append(step["position"][0, 0].numpy() * env.env.maze_size)
+                    positions.append(step["position"][0, 0].numpy())
             if max_steps:
                 bar.update(t, force=True)
                 bar.close()

@@ -25,7 +25,7 @@ def str_to_bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """Argparse errors as one line and exit status 2 (argparse prints usage first by default)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -119,7 +119,7 @@ def add_system_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(prog=prog, description=description)
+    parser = OneLineErrorParser(prog=prog, description=description)
     add_env_flags(parser)
     add_agent_flags(parser)
     add_training_flags(parser)

@@ -1,0 +1,108 @@
+"""MonoBeast training throughput against the raw throughput of the same env processes.
+
+    python benchmarks/bench_monobeast.py                      # 9x9-ExtraObs, 2 actors, CPU
+    python benchmarks/bench_monobeast.py --num_actors 16 --steps 200000 --out gpu.json
+
+Metrics (one "step" is one env step of one actor, i.e. one 64x64 frame the agent acts on):
+- raw env steps/s: random actions through our `Environment` wrapper (auto-reset, tensors), in
+  1 process and in `--num_actors` processes at once (total over the processes);
+- training SPS: env steps learned per second by MonoBeast (`--posemb noisygt`, LSTM, the flags
+  below), measured from its logs.csv after the first `--warmup` fraction of the steps, so process
+  start-up and env construction are not counted;
+- ratio: training SPS / raw steps/s of the same number of processes. The goal is >= 0.8: the
+  learner and the actor-side inference should cost the actors little.
+Prints a table and writes JSON (default benchmarks/results/bench_monobeast.json).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _step_env(args: tuple) -> float:
+    env_id, steps, seed = args
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from torchbeast.core.environment import Environment, create_env
+
+    env = Environment(create_env(env_id, seed=seed))
+    env.initial(seed=seed)
+    rng = np.random.default_rng(seed)
+    env.step(0)  # first step compiles/warms caches
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(int(rng.integers(6)))
+    elapsed = time.perf_counter() - start
+    env.close()
+    return steps / elapsed
+
+
+def raw_env_throughput(env_id: str, processes: int, steps: int) -> float:
+    """Total env steps/s of `processes` processes stepping at once with random actions."""
+    with mp.get_context("spawn").Pool(processes) as pool:
+        rates = pool.map(_step_env, [(env_id, steps, seed) for seed in range(processes)])
+    return float(sum(rates))
+
+
+def training_sps(env_id: str, num_actors: int, steps: int, warmup: float, extra: list) -> dict:
+    with tempfile.TemporaryDirectory() as savedir:
+        cmd = [sys.executable, "-m", "torchbeast.monobeast", "--env", env_id, "--posemb", "noisygt",
+               "--num_actors", str(num_actors), "--total_steps", str(steps), "--savedir", savedir,
+               "--xpid", "bench", "--log_interval", "10", *extra]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        with open(os.path.join(savedir, "bench", "logs.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+    after = [r for r in rows if int(r["step"]) >= warmup * steps]
+    first, last = after[0], after[-1]
+    sps = (int(last["step"]) - int(first["step"])) / (float(last["time"]) - float(first["time"]))
+    return dict(sps=sps, wall_s=wall, steps=int(rows[-1]["step"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="memory_maze:MemoryMaze-9x9-ExtraObs-v0")
+    parser.add_argument("--num_actors", type=int, default=2)
+    parser.add_argument("--env_steps", type=int, default=500, help="raw steps per process")
+    parser.add_argument("--steps", type=int, default=20000, help="training steps")
+    parser.add_argument("--warmup", type=float, default=0.25)
+    parser.add_argument("--train_flags", default="--batch_size 8 --unroll_length 80",
+                        help="extra MonoBeast flags, one string")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_monobeast.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl" if os.path.exists("/dev/nvidia0") else "osmesa")
+
+    raw_1 = raw_env_throughput(args.env, 1, args.env_steps)
+    raw_n = raw_env_throughput(args.env, args.num_actors, args.env_steps)
+    train = training_sps(args.env, args.num_actors, args.steps, args.warmup, args.train_flags.split())
+    rows = [
+        ("raw env, 1 process", raw_1, None),
+        (f"raw env, {args.num_actors} processes", raw_n, None),
+        (f"MonoBeast training, {args.num_actors} actors", train["sps"], train["sps"] / raw_n),
+    ]
+    print(f"\n{args.env}  ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
+    print(f"{'measurement':<36} {'steps/s':>10} {'ratio to raw':>13}")
+    for name, value, ratio in rows:
+        print(f"{name:<36} {value:>10.1f} {'' if ratio is None else f'{ratio:>13.2f}'}")
+    result = dict(env=args.env, num_actors=args.num_actors, train_flags=args.train_flags,
+                  raw_steps_per_s_1=raw_1, raw_steps_per_s_n=raw_n, training_sps=train["sps"],
+                  training_wall_s=train["wall_s"], ratio=train["sps"] / raw_n,
+                  cpu_count=os.cpu_count(), machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""PolyBeast environment servers: Memory Maze over gRPC, one process per server.
+
+Each server process runs a `libtorchbeast.Server`; every actor stream that connects gets its own
+env instance from the factory. Serve locally over unix sockets:
+
+    python -m torchbeast.polybeast_env --num_servers 4 --pipes_basename unix:/tmp/polybeast \\
+        --env memory_maze:MemoryMaze-9x9-ExtraObs-v0
+
+or to other hosts over TCP (server i listens on PORT + i):
+
+    python -m torchbeast.polybeast_env --num_servers 16 --bind 0.0.0.0:4431 --env ...
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable, List, Optional
+
+from torchbeast.core import flags as flags_lib
+from torchbeast.core.environment import create_env
+from torchbeast.errors import ConfigError
+
+log = logging.getLogger("torchbeast")
+
+
+def server_addresses(pipes_basename: Optional[str], bind: Optional[str], num_servers: int) -> List[str]:
+    """`unix:BASE.i` for i < num_servers, or `HOST:PORT+i` with --bind HOST:PORT."""
+    if bind:
+        host, sep, port = bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) + num_servers - 1 < 65536:
+            raise ConfigError(f"--bind {bind}: expected HOST:PORT with PORT + --num_servers - 1 below 65536")
+        return [f"{host}:{int(port) + i}" for i in range(num_servers)]
+    if not pipes_basename or not pipes_basename.startswith("unix:") or len(pipes_basename) <= len("unix:"):
+        raise ConfigError(f"--pipes_basename {pipes_basename!r}: expected unix:/path/prefix")
+    folder = os.path.dirname(pipes_basename[len("unix:"):]) or "."
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--pipes_basename {pipes_basename}: folder {folder} does not exist")
+    return [f"{pipes_basename}.{i}" for i in range(num_servers)]
+
+
+def env_factory(flags: argparse.Namespace, server_index: int) -> Callable[[], Any]:
+    """One env per stream; seeds differ per server and per stream but repeat with --seed."""
+    counter = itertools.count()
+
+    def make() -> Any:
+        seed = None
+        if flags.seed is not None:
+            seed = flags.seed * 1_000_000 + server_index * 1000 + next(counter)
+        return create_env(flags.env, seed=seed, pos_noise=flags.pos_noise, impl=flags.env_impl)
+
+    return make
+
+
+def serve(flags: argparse.Namespace, server_index: int, address: str) -> None:
+    """Process body: serve one address until SIGTERM/SIGINT."""
+    from libtorchbeast import Server
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    if address.startswith("unix:") and os.path.exists(address[len("unix:"):]):
+        os.unlink(address[len("unix:"):])  # a stale socket from a killed run
+    server = Server(env_factory(flags, server_index), address)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    stop.wait()
+    server.stop()
+    if address.startswith("unix:") and os.path.exists(address[len("unix:"):]):
+        os.unlink(address[len("unix:"):])
+
+
+def start_servers(flags: argparse.Namespace, addresses: List[str]) -> List[Any]:
+    """Starts one server process per address (spawned: no inherited torch or GL state)."""
+    ctx = mp.get_context("spawn")
+    processes = []
+    for i, address in enumerate(addresses):
+        process = ctx.Process(target=serve, args=(flags, i, address), name=f"env-server-{i}", daemon=True)
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def stop_servers(processes: List[Any], timeout: float = 10.0) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = flags_lib.OneLineErrorParser(prog="python -m torchbeast.polybeast_env",
+                                          description=__doc__.split("\n\n")[0])
+    flags_lib.add_env_flags(parser)
+    add_server_flags(parser)
+    return parser
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("servers")
+    group.add_argument("--num_servers", type=int, default=4, help="Env server processes. (default: %(default)s)")
+    group.add_argument("--pipes_basename", default="unix:/tmp/polybeast",
+                       help="Serve on unix sockets BASENAME.0 ... BASENAME.N-1. (default: %(default)s)")
+    group.add_argument("--bind", default=None,
+                       help="Serve over TCP instead, server i on HOST:PORT+i, e.g. 0.0.0.0:4431.")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(format="[%(levelname)s %(asctime)s] %(message)s", level=logging.INFO)
+    parser = make_parser()
+    flags = parser.parse_args(argv)
+    try:
+        if flags.num_servers <= 0:
+            raise ConfigError(f"--num_servers must be positive, got {flags.num_servers}")
+        if flags.pos_noise < 0:
+            raise ConfigError(f"--pos_noise must be >= 0, got {flags.pos_noise}")
+        from torchbeast.core.environment import env_has_positions
+
+        env_has_positions(flags.env)  # checks the id
+        addresses = server_addresses(flags.pipes_basename, flags.bind, flags.num_servers)
+    except ConfigError as e:
+        print(f"polybeast_env: error: {e}", file=sys.stderr)
+        return 2
+    processes = start_servers(flags, addresses)
+    log.info("Serving %s on %s", flags.env, ", ".join(addresses))
+    try:
+        while all(p.is_alive() for p in processes):
+            processes[0].join(timeout=0.5)
+        dead = [p for p in processes if not p.is_alive()]
+        log.error("%s exited with code %s; stopping.", dead[0].name, dead[0].exitcode)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_servers(processes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
