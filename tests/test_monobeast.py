@@ -150,3 +150,28 @@ def test_monobeast_learns_to_remember_the_cue(tmp_path):
 def test_learning_test_fails_when_learning_is_broken(tmp_path):
     # The same budget with a learning rate of ~0 must stay far below the bar above.
     assert trained_test_return(tmp_path, 1e-12) < 0.5
+
+
+@pytest.mark.slow
+def test_real_memory_maze_train_resume_test_record(tmp_path):
+    """The seed's setup on the real env: noisy positions, train -> checkpoint -> resume -> test --record."""
+    common = ["--env", "memory_maze:MemoryMaze-9x9-ExtraObs-v0", "--posemb", "noisygt", "--pos_noise", "0.3",
+              "--savedir", tmp_path, "--xpid", "maze", "--seed", "5", *FAST]
+    monobeast(*common, "--total_steps", 600)
+    run = tmp_path / "maze"
+    assert load_checkpoint(str(run / "model.tar"))["step"] >= 600
+    resumed = monobeast(*common, "--total_steps", 1200)
+    assert "Resuming" in resumed.stderr and "Traceback" not in resumed.stderr
+    assert load_checkpoint(str(run / "model.tar"))["step"] >= 1200
+    for name in ("logs.csv", "meta.json", "learning_curve.png"):
+        assert (run / name).stat().st_size > 0, name
+
+    tested = monobeast("--mode", "test", "--record", "--env", "memory_maze:MemoryMaze-9x9-ExtraObs-v0",
+                       "--posemb", "noisygt", "--savedir", tmp_path, "--xpid", "maze", "--test_episodes", 1)
+    results = json.loads((run / "test_results.json").read_text())
+    assert results["episodes"] == 1 and results["lengths"] == [1000]
+    import imageio.v3 as iio
+
+    video = iio.imread(results["videos"][0], index=0)
+    assert video.ndim == 3 and video.shape[1] > video.shape[0]  # agent view with the map panel beside it
+    assert "mean return over 1 episodes" in tested.stdout
