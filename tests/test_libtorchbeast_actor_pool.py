@@ -109,7 +109,7 @@ def check_rollouts(items, batch_size):
         rollout = item["rollout"]
         assert rollout["observation"]["frame"].shape == (UNROLL + 1, batch_size, 3, 2)
         for key in ["reward", "done", "truncated", "episode_step", "episode_return", "last_action",
-                    "action", "baseline"]:
+                    "action", "baseline", "truncation_value"]:
             assert rollout[key].shape == (UNROLL + 1, batch_size), key
         assert rollout["policy_logits"].shape == (UNROLL + 1, batch_size, 6)
         assert "agent_state" not in rollout
@@ -132,6 +132,9 @@ def check_rollouts(items, batch_size):
             np.testing.assert_array_equal(r["episode_step"], np.where(ended, np.where(steps > 0, EPISODE, 0), steps % EPISODE))
             np.testing.assert_array_equal(r["last_action"], np.where(steps == 0, 0, 1))
             np.testing.assert_array_equal(r["baseline"], r["episode_step"])
+            # Truncated steps: the model's baseline on the final observation (episode_step 7).
+            assert r["truncation_value"].dtype == np.float32
+            np.testing.assert_array_equal(r["truncation_value"], np.where(r["truncated"], EPISODE, 0))
             assert state == k * UNROLL  # The state went up by one per step.
             if k > 0:  # Overlap by one step.
                 previous = rollouts[k - 1]
@@ -225,6 +228,134 @@ def test_bad_model_outputs_are_raised_by_run(tmp_path):
     servers[0].stop()
 
 
+K = 3  # Episode length of TimeLimitEnv.
+
+
+class TimeLimitEnv:
+    """Observation {"t": int32 step in episode, "total": int32 steps since reset of the stream,
+    "id": int32 env id}; reward = action; truncated every K steps."""
+
+    def __init__(self, env_id):
+        self.env_id, self.t, self.total = env_id, 0, 0
+
+    def obs(self):
+        return {"t": np.int32(self.t), "total": np.int32(self.total), "id": np.int32(self.env_id)}
+
+    def reset(self):
+        self.t = 0
+        return self.obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.total += 1
+        return self.obs(), float(action), False, self.t == K, {}
+
+
+def value_model_thread(batcher, final_calls, baseline_key="baseline"):
+    """action = t + 1, baseline = 10 * t + total (10 * K + total on a final observation), state + 1.
+    Appends the inputs of each call on a final observation (t == K) to `final_calls`."""
+
+    def loop():
+        for batch in batcher:
+            x = batch.get_inputs()
+            obs = x["observation"]
+            for b in np.flatnonzero(obs["t"][0] == K):
+                final_calls.append({key: x[key][0, b] for key in
+                                    ["done", "truncated", "reward", "episode_step", "episode_return", "last_action"]}
+                                   | {"total": obs["total"][0, b], "state": x["agent_state"][0][0, b, 0]})
+            batch.set_outputs({
+                "action": (obs["t"] + 1).astype(np.int64),
+                baseline_key: (10 * obs["t"] + obs["total"]).astype(np.float32),
+                "agent_state": (x["agent_state"][0] + 1,),
+            })
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    return thread
+
+
+def test_truncated_steps_bootstrap_from_the_final_observation(tmp_path):
+    addresses = [f"unix:{tmp_path}/env-{i}" for i in range(2)]
+    servers = [Server(lambda i=i: TimeLimitEnv(i), address) for i, address in enumerate(addresses)]
+    for server in servers:
+        server.start()
+    queue = BatchingQueue(batch_dim=1, minimum_batch_size=1, maximum_batch_size=1, maximum_queue_size=8)
+    batcher = DynamicBatcher(batch_dim=1, maximum_batch_size=4, timeout_ms=1)
+    final_calls = []
+    model = value_model_thread(batcher, final_calls)
+    pool = ActorPool(unroll_length=UNROLL, learner_queue=queue, inference_batcher=batcher,
+                     env_server_addresses=addresses, initial_agent_state=(np.zeros((1, 1, 1), np.float32),))
+    runner = threading.Thread(target=pool.run)
+    runner.start()
+    items = [queue.dequeue_many() for _ in range(10)]
+    queue.close()
+    batcher.close()
+    runner.join(timeout=10)
+    model.join(timeout=10)
+    for server in servers:
+        server.stop()
+
+    rollouts_per_env = collections.Counter()
+    truncated_steps = 0
+    for item in items:
+        r = item["rollout"]
+        k = rollouts_per_env[int(r["observation"]["id"][0, 0])]
+        rollouts_per_env[int(r["observation"]["id"][0, 0])] += 1
+        total = r["observation"]["total"][:, 0]
+        np.testing.assert_array_equal(total, k * UNROLL + np.arange(UNROLL + 1))
+        cut = (total > 0) & (total % K == 0)
+        np.testing.assert_array_equal(r["truncated"][:, 0], cut)
+        assert r["truncation_value"].dtype == np.float32 and r["truncation_value"].shape == (UNROLL + 1, 1)
+        # V(final observation) = 10 * K + total on cut steps; the step's own baseline stays V(reset obs).
+        np.testing.assert_array_equal(r["truncation_value"][:, 0], np.where(cut, 10 * K + total, 0))
+        np.testing.assert_array_equal(r["baseline"][:, 0], 10 * r["observation"]["t"][:, 0] + total)
+        assert item["initial_agent_state"][0][0, 0, 0] == k * UNROLL  # The extra calls' states were dropped.
+        truncated_steps += int(cut[1:].sum())
+    assert truncated_steps >= 5
+
+    # The extra calls saw the cut episode's last transition: actions 1..K gave rewards 1..K.
+    assert len(final_calls) >= truncated_steps
+    for call in final_calls:
+        assert not call["done"] and not call["truncated"]
+        assert (call["reward"], call["last_action"], call["episode_step"]) == (K, K, K)
+        assert call["episode_return"] == K * (K + 1) / 2
+        assert call["state"] == call["total"]  # The actor's state: one increment per ordinary step.
+
+
+@pytest.mark.parametrize(
+    "baseline_key, truncation_value_key, message",
+    [
+        ("value", "baseline", "truncation_value_key 'baseline' is not among the model's outputs"),
+        ("truncation_value", "truncation_value", "'truncation_value' has the name of the rollout entry"),
+        ("value", None, None),
+    ],
+)
+def test_truncation_value_key(tmp_path, baseline_key, truncation_value_key, message):
+    server = Server(lambda: TimeLimitEnv(0), f"unix:{tmp_path}/env")
+    server.start()
+    queue = BatchingQueue(batch_dim=1, minimum_batch_size=1, maximum_batch_size=1, maximum_queue_size=100)
+    batcher = DynamicBatcher(batch_dim=1)
+    final_calls = []
+    model = value_model_thread(batcher, final_calls, baseline_key)
+    pool = ActorPool(unroll_length=2, learner_queue=queue, inference_batcher=batcher,
+                     env_server_addresses=[server.address], initial_agent_state=(np.zeros((1, 1, 1), np.float32),),
+                     truncation_value_key=truncation_value_key)
+    if message is None:  # Turned off: no extra calls, no rollout entry.
+        runner = threading.Thread(target=pool.run)
+        runner.start()
+        items = [queue.dequeue_many() for _ in range(4)]
+        queue.close()
+        runner.join(timeout=10)
+        assert all("truncation_value" not in item["rollout"] for item in items)
+        assert final_calls == []
+    else:
+        with pytest.raises(ValueError, match=message):
+            pool.run()
+    batcher.close()
+    model.join(timeout=10)
+    server.stop()
+
+
 def test_stop_without_servers(tmp_path):
     pool = ActorPool(unroll_length=2, learner_queue=BatchingQueue(), inference_batcher=DynamicBatcher(),
                      env_server_addresses=[f"unix:{tmp_path}/nobody"])
@@ -240,6 +371,7 @@ def test_stop_without_servers(tmp_path):
         ({"env_server_addresses": []}, "no env server addresses"),
         ({"initial_agent_state": np.zeros((1, 3))}, "size 1 at dim 1"),
         ({"initial_action": np.zeros(1)}, r"leading dims \[1, 1\]"),
+        ({"truncation_value_key": ""}, "truncation_value_key"),
     ],
 )
 def test_invalid_arguments(kwargs, message):

@@ -89,6 +89,37 @@ def test_truncation_is_separate_from_termination(serve):
     assert end["done"] and end["truncated"]
 
 
+def test_final_observation_comes_only_with_truncation(serve):
+    client = Client(serve(lambda: CountingEnv(length=2, truncate=True)).address)
+    steps = [client.connect()] + [client.step(0) for _ in range(6)]
+    for t, step in enumerate(steps):
+        if t > 0 and t % 2 == 0:
+            assert step["truncated"] and frame(step) == 0
+            np.testing.assert_array_equal(step["final_observation"]["frame"], np.full((2, 3), 2, np.uint8))
+        else:
+            assert not step["truncated"] and step["final_observation"] is None
+    client.close()
+
+    client = Client(serve(lambda: CountingEnv(length=2)).address)
+    client.connect()
+    client.step(0)
+    end = client.step(0)
+    assert end["done"] and not end["truncated"] and end["final_observation"] is None
+    client.close()
+
+
+def test_termination_wins_over_truncation(serve):
+    class BothEnds(CountingEnv):
+        def step(self, action):
+            obs, reward, _, _, info = super().step(action)
+            return obs, reward, True, True, info
+
+    client = Client(serve(BothEnds).address)
+    client.connect()
+    end = client.step(0)
+    assert end["done"] and not end["truncated"] and end["final_observation"] is None
+
+
 @pytest.mark.parametrize("use_port_zero", [True, False])
 def test_tcp(serve, use_port_zero):
     address = "127.0.0.1:0" if use_port_zero else f"127.0.0.1:{free_port()}"

@@ -35,10 +35,24 @@ The model answers each Batch with a dict holding "action" (a nest, [1, B, ...]),
 "agent_state" (the new state) and anything else (policy logits, baseline). The action goes to
 the env without its two leading dims.
 
+Time limits (truncation_value_key, default "baseline"; None turns this off): on a step with
+truncated=True the env server also sends the cut episode's true final observation, and the
+actor first makes one extra compute() call with inputs of the same structure describing the
+cut episode's last transition: observation = that final observation, done = truncated =
+False, reward, episode_step and episode_return of the done step (they belong to the ended
+episode), last_action = the action just sent, agent_state = the actor's current state. It
+reads output[truncation_value_key] (float32, one value per caller: [1, B] for the batch) and
+discards the rest of that answer, agent_state included; then comes the ordinary call for the
+new episode's first step. A missing or ill-shaped output raises ValueError from run().
+
 Rollouts: each step's inputs without "agent_state" plus the outputs without "agent_state" are
 concatenated along dim 0 into unroll_length + 1 steps; consecutive rollouts of an actor overlap
-by one step. learner_queue gets {"rollout": {... [T + 1, 1, ...]}, "initial_agent_state": the
-"agent_state" input of the rollout's first step}; use BatchingQueue(batch_dim=1).
+by one step. With a truncation_value_key every step also has "truncation_value" float32
+[1, 1]: the value read above on truncated steps, 0.0 on all others, so the learner can add
+gamma * truncation_value to a truncated step's reward (a model output named
+"truncation_value" is then a ValueError). learner_queue gets {"rollout": {... [T + 1, 1, ...]},
+"initial_agent_state": the "agent_state" input of the rollout's first step}; use
+BatchingQueue(batch_dim=1).
 
 run() blocks (without the GIL) until every actor stopped. It returns normally when the
 learner queue or the batcher is closed or after stop(), and raises the first fatal error
@@ -48,13 +62,16 @@ the actor drops its partial rollout and starts over from initial_agent_state, an
 actors go on. count() is the number of env steps taken so far.)doc")
       .def(py::init([](int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                        std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> addresses,
-                       const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action) {
+                       const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action,
+                       std::optional<std::string> truncation_value_key) {
              return std::make_shared<ActorPool>(unroll_length, std::move(learner_queue), std::move(inference_batcher),
-                                                std::move(addresses), initial_agent_state, initial_action);
+                                                std::move(addresses), initial_agent_state, initial_action,
+                                                std::move(truncation_value_key));
            }),
            py::arg("unroll_length"), py::arg("learner_queue"), py::arg("inference_batcher"),
            py::arg("env_server_addresses"), py::arg("initial_agent_state") = py::tuple(),
-           py::arg("initial_action") = py::none())
+           py::arg("initial_action") = py::none(),
+           py::arg("truncation_value_key") = std::string(ActorPool::kDefaultTruncationValueKey))
       .def("run", &ActorPool::Run, py::call_guard<py::gil_scoped_release>())
       .def("stop", &ActorPool::Stop, py::call_guard<py::gil_scoped_release>(),
            "Cancels the actors' streams and backoff waits; actors blocked in the batcher or on a full "

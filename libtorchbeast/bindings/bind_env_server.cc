@@ -113,6 +113,7 @@ py::dict StepToPython(const EnvStep& step) {
   d["truncated"] = step.truncated;
   d["episode_step"] = step.episode_step;
   d["episode_return"] = step.episode_return;
+  d["final_observation"] = step.final_observation ? NestToPython(*step.final_observation) : py::none();
   return d;
 }
 
@@ -129,7 +130,9 @@ the env has one. Observations are nests of arrays (dicts, lists, tuples, NumPy a
 action arrives as a nest of NumPy arrays (a discrete action is a 0-d int64 array).
 The server resets the env at episode end itself: the step that follows carries the new
 episode's first observation with done=True, truncated telling whether the episode ended by a
-time limit, and the ended episode's episode_step and episode_return.
+time limit (truncated and not terminated), the ended episode's episode_step and
+episode_return and, when truncated, final_observation: the observation step() returned with
+truncated=True, before the reset.
 Errors raised by the env or the factory end that stream with a gRPC status carrying the Python
 error message (the actor pool raises it as EnvError); other streams go on.
 address: "unix:/path/to/socket" or "host:port" (port 0 picks a free port: see `port`).
@@ -151,7 +154,8 @@ run() blocks until stop(); start() returns once the server listens; all release 
   py::class_<EnvClient, std::shared_ptr<EnvClient>>(m, "Client", R"doc(
 One stream to an env server, for tests and benchmarks (the ActorPool has its own).
 connect() and step(action) return dicts with observation, reward, done, truncated,
-episode_step and episode_return. They raise EnvError when the env failed, RpcError (a
+episode_step, episode_return and final_observation (the cut episode's true final observation
+on truncated steps, None on all others). They raise EnvError when the env failed, RpcError (a
 ConnectionError) when the server cannot be reached or the stream broke, and ClosedError after
 cancel().)doc")
       .def(py::init<std::string>(), py::arg("address"))

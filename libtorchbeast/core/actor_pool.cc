@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -40,19 +41,46 @@ ArrayNest RemoveTimeAndBatchDims(const ArrayNest& nest) {
   });
 }
 
+// One step's model inputs without "agent_state" (all [1, 1, ...]; see actor_pool.h).
+ArrayNest::Map StepInputs(const ArrayNest& observation, float reward, bool done, bool truncated,
+                          int32_t episode_step, float episode_return, const ArrayNest& last_action) {
+  ArrayNest::Map entry;
+  entry.emplace("observation", AddTimeAndBatchDims(observation));
+  entry.emplace("reward", Scalar11<float>(DType::kFloat32, reward));
+  entry.emplace("done", Scalar11<bool>(DType::kBool, done));
+  entry.emplace("truncated", Scalar11<bool>(DType::kBool, truncated));
+  entry.emplace("episode_step", Scalar11<int32_t>(DType::kInt32, episode_step));
+  entry.emplace("episode_return", Scalar11<float>(DType::kFloat32, episode_return));
+  entry.emplace("last_action", last_action);
+  return entry;
+}
+
+const ArrayNest::Map& OutputMap(const ArrayNest& outputs) {
+  if (!outputs.is_map()) {
+    throw InvalidArgument("ActorPool: the model's outputs must be a dict with an 'action' entry, got " +
+                          outputs.KindName());
+  }
+  return outputs.map();
+}
+
 }  // namespace
 
 ActorPool::ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                      std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> env_server_addresses,
-                     ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action)
+                     ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action,
+                     std::optional<std::string> truncation_value_key)
     : unroll_length_(unroll_length),
       learner_queue_(std::move(learner_queue)),
       inference_batcher_(std::move(inference_batcher)),
       addresses_(std::move(env_server_addresses)),
       initial_agent_state_(std::move(initial_agent_state)),
       initial_action_(initial_action ? std::move(*initial_action)
-                                     : ArrayNest(Scalar11<int64_t>(DType::kInt64, 0))) {
+                                     : ArrayNest(Scalar11<int64_t>(DType::kInt64, 0))),
+      truncation_value_key_(std::move(truncation_value_key)) {
   if (unroll_length_ < 1) throw InvalidArgument("ActorPool: unroll_length must be >= 1");
+  if (truncation_value_key_ && truncation_value_key_->empty()) {
+    throw InvalidArgument("ActorPool: truncation_value_key must be a model output name or None, got ''");
+  }
   if (!learner_queue_) throw InvalidArgument("ActorPool: learner_queue is None");
   if (!inference_batcher_) throw InvalidArgument("ActorPool: inference_batcher is None");
   if (addresses_.empty()) throw InvalidArgument("ActorPool: no env server addresses");
@@ -97,6 +125,36 @@ void ActorPool::Stop() {
   stop_cv_.notify_all();
   for (const auto& client : clients)
     if (client) client->Cancel();
+}
+
+float ActorPool::TruncationValue(const EnvStep& step, const ArrayNest& last_action, const ArrayNest& agent_state) {
+  const std::string& key = *truncation_value_key_;
+  if (!step.final_observation) {
+    throw Error("ActorPool: the env server sent a truncated step without final_observation (an older server?); "
+                "pass truncation_value_key=None to do without time-limit bootstrapping");
+  }
+  // The cut episode's last transition, as if it had gone on.
+  ArrayNest::Map inputs = StepInputs(*step.final_observation, step.reward, /*done=*/false, /*truncated=*/false,
+                                     step.episode_step, step.episode_return, last_action);
+  inputs.emplace("agent_state", agent_state);
+  ArrayNest outputs = inference_batcher_->Compute(ArrayNest(std::move(inputs)));
+
+  const ArrayNest::Map& out = OutputMap(outputs);
+  auto found = out.find(key);
+  if (found == out.end()) {
+    throw InvalidArgument("ActorPool: truncation_value_key '" + key +
+                          "' is not among the model's outputs; pass the name of the value (baseline) output, or "
+                          "None to do without time-limit bootstrapping");
+  }
+  if (!found->second.is_leaf() || found->second.leaf().dtype() != DType::kFloat32 ||
+      found->second.leaf().numel() != 1) {
+    std::string got = found->second.is_leaf() ? std::string(DTypeName(found->second.leaf().dtype())) + " " +
+                                                    ShapeString(found->second.leaf().shape())
+                                              : found->second.KindName();
+    throw InvalidArgument("ActorPool: the model output '" + key +
+                          "' (truncation_value_key) must be float32 with one value per actor ([1, 1]), got " + got);
+  }
+  return *static_cast<const float*>(found->second.leaf().data());
 }
 
 bool ActorPool::stopping() const {
@@ -159,24 +217,18 @@ void ActorPool::Stream(std::size_t index, std::chrono::milliseconds* backoff) {
 
   for (;;) {
     if (stopping()) throw ClosedError("ActorPool is stopping");
-    ArrayNest::Map entry;
-    entry.emplace("observation", AddTimeAndBatchDims(step.observation));
-    entry.emplace("reward", Scalar11<float>(DType::kFloat32, step.reward));
-    entry.emplace("done", Scalar11<bool>(DType::kBool, step.done));
-    entry.emplace("truncated", Scalar11<bool>(DType::kBool, step.truncated));
-    entry.emplace("episode_step", Scalar11<int32_t>(DType::kInt32, step.episode_step));
-    entry.emplace("episode_return", Scalar11<float>(DType::kFloat32, step.episode_return));
-    entry.emplace("last_action", last_action);
+    ArrayNest::Map entry = StepInputs(step.observation, step.reward, step.done, step.truncated, step.episode_step,
+                                      step.episode_return, last_action);
     ArrayNest::Map inputs = entry;
     inputs.emplace("agent_state", agent_state);
+    if (truncation_value_key_) {  // Before the call for the new episode (see "Time limits").
+      const float value = step.truncated ? TruncationValue(step, last_action, agent_state) : 0.0f;
+      entry.emplace(kTruncationValueEntry, Scalar11<float>(DType::kFloat32, value));
+    }
 
     ArrayNest outputs = inference_batcher_->Compute(ArrayNest(std::move(inputs)));
 
-    if (!outputs.is_map()) {
-      throw InvalidArgument("ActorPool: the model's outputs must be a dict with an 'action' entry, got " +
-                            outputs.KindName());
-    }
-    const ArrayNest::Map& out = outputs.map();
+    const ArrayNest::Map& out = OutputMap(outputs);
     auto action = out.find("action");
     if (action == out.end()) throw InvalidArgument("ActorPool: the model's outputs have no 'action' entry");
     ArrayNest next_agent_state = agent_state;
@@ -184,6 +236,11 @@ void ActorPool::Stream(std::size_t index, std::chrono::milliseconds* backoff) {
       if (key == "agent_state") {
         next_agent_state = value;
       } else if (!entry.emplace(key, value).second) {
+        if (key == kTruncationValueEntry) {
+          throw InvalidArgument(std::string("ActorPool: the model output '") + kTruncationValueEntry +
+                                "' has the name of the rollout entry the actors add for truncated episodes; rename "
+                                "it or pass truncation_value_key=None");
+        }
         throw InvalidArgument("ActorPool: the model output '" + key + "' has the name of an actor input");
       }
     }

@@ -16,8 +16,21 @@
 // optionally, "agent_state" (the new state) and any other entries (policy logits, baseline).
 // The action is sent to the env without its two leading dims (a discrete action is a 0-d array).
 //
+// Time limits: when a step has truncated = true (the env server then also sends the cut
+// episode's true final observation), an actor with a truncation_value_key first makes one
+// extra Compute() call whose inputs have the structure above and describe the cut episode's
+// last transition: "observation" = the final observation, "done" = "truncated" = false,
+// "reward", "episode_step", "episode_return" of the done step (they belong to the ended
+// episode), "last_action" = the action just sent, "agent_state" = the actor's current state.
+// It reads output[truncation_value_key] (float32, one value per caller: [1, 1]) as the value of
+// that state and ignores everything else in the answer, the agent state included; then comes
+// the ordinary call for the new episode's first step. The learner bootstraps from this value,
+// a time limit not being a terminal state.
+//
 // Every step becomes one rollout entry: the inputs above without "agent_state", plus the
-// outputs without "agent_state" (names may not collide). Entries are concatenated along dim 0
+// outputs without "agent_state" (names may not collide), plus, with a truncation_value_key,
+// "truncation_value" float32 [1, 1]: the value read above on truncated steps, 0 on every other
+// step (a model output of that name is then an error). Entries are concatenated along dim 0
 // into rollouts of unroll_length + 1 steps; consecutive rollouts overlap by one step (the last
 // step of a rollout is the first of the next). Each rollout is enqueued on the learner queue as
 //   {"rollout": {...each array [T + 1, 1, ...]}, "initial_agent_state": the "agent_state" input
@@ -53,12 +66,20 @@ class EnvClient;
 
 class ActorPool {
  public:
+  static constexpr const char* kDefaultTruncationValueKey = "baseline";
+  // The rollout entry holding the value of a truncated episode's final observation.
+  static constexpr const char* kTruncationValueEntry = "truncation_value";
+
   // `initial_agent_state`: every array must have size 1 at dim 1 (e.g. LSTM state
   // [layers, 1, hidden]); an empty tuple for stateless models. `initial_action`: the
   // "last_action" of a stream's first step; defaults to int64 zeros of shape [1, 1].
+  // `truncation_value_key`: the model output holding the value estimate (see "Time limits"
+  // above); std::nullopt turns the extra call and the "truncation_value" entry off.
   ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
             std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> env_server_addresses,
-            ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action = std::nullopt);
+            ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action = std::nullopt,
+            std::optional<std::string> truncation_value_key = std::string(kDefaultTruncationValueKey));
+
   ~ActorPool();
   ActorPool(const ActorPool&) = delete;
   ActorPool& operator=(const ActorPool&) = delete;
@@ -77,6 +98,8 @@ class ActorPool {
   void RunActor(std::size_t index);
   // Streams from one connection until something throws.
   void Stream(std::size_t index, std::chrono::milliseconds* backoff);
+  // The extra Compute() call on a truncated step (see "Time limits" above).
+  float TruncationValue(const EnvStep& step, const ArrayNest& last_action, const ArrayNest& agent_state);
   bool stopping() const;
   // Sleeps for `duration` or until Stop(); returns false if stopping.
   bool SleepUnlessStopped(std::chrono::milliseconds duration);
@@ -88,6 +111,7 @@ class ActorPool {
   const std::vector<std::string> addresses_;
   const ArrayNest initial_agent_state_;
   const ArrayNest initial_action_;
+  const std::optional<std::string> truncation_value_key_;
 
   std::atomic<int64_t> count_{0};
 

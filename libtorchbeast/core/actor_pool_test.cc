@@ -4,7 +4,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <map>
+#include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -121,6 +125,206 @@ TEST(ActorPoolTest, RolloutsHaveTheRightShapesAndOverlap) {
   }
 }
 
+// A model for truncating CountingEnvs: action = frame + 1, baseline = 10 * frame + id + 0.5,
+// agent_state + 1. Records the inputs of every call made on a final observation (frame ==
+// episode_length, which no ordinary step shows: the server resets first).
+class TruncationModel {
+ public:
+  struct FinalCall {
+    int32_t id, episode_step;
+    bool done, truncated;
+    float reward, episode_return, state;
+    int64_t last_action;
+  };
+
+  TruncationModel(DynamicBatcher* batcher, int32_t episode_length, std::string baseline_key = "baseline",
+                   std::vector<int64_t> baseline_shape = {1})
+      : thread_([this, batcher, episode_length, baseline_key, baseline_shape] {
+          Loop(batcher, episode_length, baseline_key, baseline_shape);
+        }) {}
+  ~TruncationModel() { thread_.join(); }
+
+  std::vector<FinalCall> final_calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return final_calls_;
+  }
+
+ private:
+  template <typename T>
+  static T At(const ArrayNest::Map& inputs, const char* key, int64_t i) {
+    return static_cast<const T*>(inputs.at(key).leaf().data())[i];
+  }
+
+  // `baseline_shape`: per-caller trailing shape of the baseline output ([1, B, *shape[1:]]).
+  void Loop(DynamicBatcher* batcher, int32_t episode_length, const std::string& baseline_key,
+            const std::vector<int64_t>& baseline_shape) {
+    try {
+      for (;;) {
+        auto batch = batcher->GetBatch();
+        const int64_t b = batch->batch_size();
+        const ArrayNest::Map& in = batch->inputs().map();
+        const Array& state = in.at("agent_state").vector()[0].leaf();
+        Array next(DType::kFloat32, state.shape());
+        for (int64_t i = 0; i < state.numel(); ++i)
+          static_cast<float*>(next.data())[i] = static_cast<const float*>(state.data())[i] + 1.0f;
+        std::vector<int64_t> shape = {1, b};
+        shape.insert(shape.end(), baseline_shape.begin() + 1, baseline_shape.end());
+        Array baseline = Array::Zeros(DType::kFloat32, shape);
+        Array action(DType::kInt64, {1, b});
+        const auto* frames = static_cast<const uint8_t*>(in.at("observation").map().at("frame").leaf().data());
+        const auto* ids = static_cast<const int32_t*>(in.at("observation").map().at("id").leaf().data());
+        const int64_t per_caller = baseline.numel() / b;
+        for (int64_t i = 0; i < b; ++i) {
+          const uint8_t frame = frames[i * 6];
+          static_cast<float*>(baseline.data())[i * per_caller] = 10.0f * frame + static_cast<float>(ids[i]) + 0.5f;
+          static_cast<int64_t*>(action.data())[i] = frame + 1;
+          if (frame == episode_length) {
+            std::lock_guard<std::mutex> lock(mu_);
+            final_calls_.push_back({ids[i], At<int32_t>(in, "episode_step", i), At<bool>(in, "done", i),
+                                    At<bool>(in, "truncated", i), At<float>(in, "reward", i),
+                                    At<float>(in, "episode_return", i), static_cast<const float*>(state.data())[i * 2],
+                                    static_cast<const int64_t*>(in.at("last_action").leaf().data())[i]});
+          }
+        }
+        batch->SetOutputs(ArrayNest(ArrayNest::Map{
+            {baseline_key, baseline}, {"action", action}, {"agent_state", ArrayNest::Vector{next}}}));
+      }
+    } catch (const ClosedError&) {
+    }
+  }
+
+  std::mutex mu_;
+  std::vector<FinalCall> final_calls_ /* GUARDED_BY(mu_) */;
+  std::thread thread_;  // Last: starts after the fields above exist.
+};
+
+EnvFactory Truncating(int32_t id, int32_t episode_length) {
+  return [=]() -> std::unique_ptr<Env> {
+    return std::make_unique<CountingEnv>(id, episode_length, /*truncate=*/true);
+  };
+}
+
+TEST(ActorPoolTest, TruncatedStepsGetTheValueOfTheFinalObservation) {
+  constexpr int64_t kUnroll = 4;
+  constexpr int32_t kEpisode = 3;
+  EnvServer a(Truncating(/*id=*/0, kEpisode), TempSocket("a"));
+  EnvServer b(Truncating(/*id=*/1, kEpisode), TempSocket("b"));
+  a.Start();
+  b.Start();
+  Fixture f;
+  std::vector<ArrayNest> items;
+  std::vector<TruncationModel::FinalCall> final_calls;
+  {
+    TruncationModel model(f.batcher.get(), kEpisode);
+    ActorPool pool(kUnroll, f.learner_queue, f.batcher, {a.address(), b.address()}, InitialState());
+    std::thread runner([&pool] { pool.Run(); });
+    for (int i = 0; i < 12; ++i) items.push_back(f.learner_queue->DequeueMany());
+    f.Close();
+    runner.join();
+    final_calls = model.final_calls();
+  }
+
+  std::map<int32_t, int> rollouts_per_env;
+  int truncated_steps = 0;
+  for (const ArrayNest& item : items) {
+    const ArrayNest& rollout = item.map().at("rollout");
+    const int32_t id = EnvId(rollout);
+    const int k = rollouts_per_env[id]++;
+    const Array& value = rollout.map().at("truncation_value").leaf();
+    ASSERT_EQ(value.dtype(), DType::kFloat32);
+    ASSERT_EQ(value.shape(), (std::vector<int64_t>{kUnroll + 1, 1}));
+    const auto* values = static_cast<const float*>(value.data());
+    const auto* done = static_cast<const bool*>(rollout.map().at("done").leaf().data());
+    const auto* truncated = static_cast<const bool*>(rollout.map().at("truncated").leaf().data());
+    for (int64_t t = 0; t <= kUnroll; ++t) {
+      const int64_t global_step = static_cast<int64_t>(k) * kUnroll + t;
+      const bool cut = global_step > 0 && global_step % kEpisode == 0;
+      EXPECT_EQ(done[t], global_step % kEpisode == 0);
+      EXPECT_EQ(truncated[t], cut);
+      // The model's baseline for the final observation (frame == kEpisode) on cut steps only.
+      EXPECT_EQ(values[t], cut ? 10.0f * kEpisode + static_cast<float>(id) + 0.5f : 0.0f)
+          << "env " << id << " step " << global_step;
+      if (cut && t > 0) ++truncated_steps;
+    }
+    // The extra calls' agent states were discarded: one increment per ordinary step.
+    const float s = static_cast<const float*>(item.map().at("initial_agent_state").vector()[0].leaf().data())[0];
+    EXPECT_EQ(s, static_cast<float>(k * kUnroll));
+  }
+  EXPECT_GE(truncated_steps, 8);
+
+  // The extra calls saw the final observation with the cut episode's last transition:
+  // actions 1, 2, 3 (frame + 1) gave rewards 2, 3, 4.
+  ASSERT_GE(final_calls.size(), static_cast<std::size_t>(truncated_steps));
+  for (const auto& call : final_calls) {
+    EXPECT_FALSE(call.done);
+    EXPECT_FALSE(call.truncated);
+    EXPECT_EQ(call.episode_step, kEpisode);
+    EXPECT_EQ(call.reward, 4.0f);
+    EXPECT_EQ(call.episode_return, 9.0f);
+    EXPECT_EQ(call.last_action, kEpisode);
+    // The actor's current state: one increment per ordinary step of the stream so far.
+    EXPECT_EQ(std::fmod(call.state, static_cast<float>(kEpisode)), 0.0f);
+    EXPECT_GT(call.state, 0.0f);
+  }
+}
+
+TEST(ActorPoolTest, TruncationValueCanBeTurnedOff) {
+  EnvServer a(Truncating(/*id=*/0, /*episode_length=*/2), TempSocket("a"));
+  a.Start();
+  Fixture f;
+  std::vector<TruncationModel::FinalCall> final_calls;
+  {
+    TruncationModel model(f.batcher.get(), /*episode_length=*/2);
+    ActorPool pool(/*unroll_length=*/3, f.learner_queue, f.batcher, {a.address()}, InitialState(),
+                   /*initial_action=*/std::nullopt, /*truncation_value_key=*/std::nullopt);
+    std::thread runner([&pool] { pool.Run(); });
+    for (int i = 0; i < 3; ++i) {
+      const ArrayNest item = f.learner_queue->DequeueMany();
+      EXPECT_EQ(item.map().at("rollout").map().count("truncation_value"), 0u);
+    }
+    f.Close();
+    runner.join();
+    final_calls = model.final_calls();
+  }
+  EXPECT_TRUE(final_calls.empty());  // No extra calls.
+}
+
+// Runs a pool over one truncating env and returns the message Run() threw (InvalidArgument).
+std::string TruncationError(const std::string& baseline_key, std::vector<int64_t> baseline_shape,
+                            std::optional<std::string> truncation_value_key = "baseline") {
+  EnvServer a(Truncating(/*id=*/0, /*episode_length=*/2), TempSocket("a"));
+  a.Start();
+  Fixture f;
+  TruncationModel model(f.batcher.get(), /*episode_length=*/2, baseline_key, std::move(baseline_shape));
+  std::thread learner([&f] {
+    try {
+      for (;;) f.learner_queue->DequeueMany();
+    } catch (const ClosedError&) {
+    }
+  });
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {a.address()}, InitialState(),
+                 /*initial_action=*/std::nullopt, std::move(truncation_value_key));
+  std::string message = "no error";
+  try {
+    pool.Run();
+  } catch (const InvalidArgument& e) {
+    message = e.what();
+  }
+  f.Close();
+  learner.join();
+  return message;
+}
+
+TEST(ActorPoolTest, BadTruncationValueOutputsAreRethrownByRun) {
+  EXPECT_NE(TruncationError("value", {1}).find("truncation_value_key 'baseline' is not among"), std::string::npos);
+  EXPECT_NE(TruncationError("baseline", {1, 2})
+                .find("float32 with one value per actor ([1, 1]), got float32 [1, 1, 2]"),
+            std::string::npos);
+  EXPECT_NE(TruncationError("truncation_value", {1}, /*truncation_value_key=*/"truncation_value")
+                .find("'truncation_value' has the name of the rollout entry"),
+            std::string::npos);
+}
+
 TEST(ActorPoolTest, EnvErrorIsRethrownByRun) {
   EnvServer a(Counting(/*id=*/0, /*episode_length=*/100, /*fail_at_step=*/5), TempSocket("a"));
   a.Start();
@@ -212,6 +416,9 @@ TEST(ActorPoolTest, InvalidArguments) {
                          ArrayNest(Array::Zeros(DType::kFloat32, {1, 3}))),
                InvalidArgument);
   EXPECT_THROW(ActorPool(/*unroll_length=*/2, nullptr, f.batcher, {"unix:/x"}, InitialState()), InvalidArgument);
+  EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {"unix:/x"}, InitialState(),
+                         /*initial_action=*/std::nullopt, /*truncation_value_key=*/""),
+               InvalidArgument);
 }
 
 }  // namespace

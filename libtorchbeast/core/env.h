@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "core/array.h"
 
@@ -37,6 +38,9 @@ struct EnvStep {
   bool truncated = false;  // With done: the previous episode was truncated, not terminated.
   int32_t episode_step = 0;
   float episode_return = 0.0f;
+  // Only with truncated: the cut episode's true final observation (observation is the new
+  // episode's first one).
+  std::optional<ArrayNest> final_observation;
 };
 
 }  // namespace torchbeast

@@ -103,6 +103,7 @@ EnvStep EnvClient::FromProto(rpcenv::Step* step) {
   out.truncated = step->truncated();
   out.episode_step = step->episode_step();
   out.episode_return = step->episode_return();
+  if (step->has_final_observation()) out.final_observation = NestFromProto(step->mutable_final_observation());
   return out;
 }
 

@@ -50,7 +50,10 @@ class EnvServer::Service final : public rpcenv::StreamingEnv::Service {
       step.set_episode_return(static_cast<float>(episode_return));
       if (result.terminated || result.truncated) {
         step.set_done(true);
-        step.set_truncated(result.truncated);
+        if (result.truncated && !result.terminated) {  // Cut by a time limit: keep its last observation.
+          step.set_truncated(true);
+          NestToProto(result.observation, step.mutable_final_observation());
+        }
         NestToProto(env->Reset(), step.mutable_observation());
         episode_step = 0;
         episode_return = 0.0;

@@ -66,6 +66,54 @@ TEST(EnvServerTest, TruncationIsReportedSeparately) {
   EXPECT_FALSE(next.truncated);
 }
 
+TEST(EnvServerTest, FinalObservationComesOnlyWithTruncation) {
+  EnvServer truncating(Counting(/*episode_length=*/2, /*truncate=*/true), TempSocket("t"));
+  EnvServer terminating(Counting(/*episode_length=*/2), TempSocket("e"));
+  truncating.Start();
+  terminating.Start();
+  EnvClient client(truncating.address());
+  EXPECT_FALSE(client.Connect().final_observation.has_value());
+  for (int episode = 0; episode < 2; ++episode) {
+    EXPECT_FALSE(client.Step(Action(0)).final_observation.has_value());
+    EnvStep end = client.Step(Action(0));
+    ASSERT_TRUE(end.truncated);
+    ASSERT_TRUE(end.final_observation.has_value());
+    // The observation returned with truncated (step 2), then the new episode's first one.
+    EXPECT_EQ(static_cast<const uint8_t*>(end.final_observation->map().at("frame").leaf().data())[0], 2);
+    EXPECT_EQ(end.final_observation->map().at("frame").leaf().shape(), (std::vector<int64_t>{2, 3}));
+    EXPECT_EQ(FrameValue(end), 0);
+  }
+  EnvClient other(terminating.address());
+  other.Connect();
+  other.Step(Action(0));
+  EnvStep end = other.Step(Action(0));
+  EXPECT_TRUE(end.done);
+  EXPECT_FALSE(end.final_observation.has_value());  // Terminated: nothing to bootstrap from.
+}
+
+// Reports terminated and truncated together at every step.
+class BothEndsEnv : public Env {
+ public:
+  ArrayNest Reset() override { return ArrayNest(Array::Zeros(DType::kUInt8, {1})); }
+  EnvResult Step(const ArrayNest& /*action*/) override {
+    EnvResult result;
+    result.observation = ArrayNest(Array::Zeros(DType::kUInt8, {1}));
+    result.terminated = result.truncated = true;
+    return result;
+  }
+};
+
+TEST(EnvServerTest, TerminationWinsOverTruncation) {
+  EnvServer server([]() -> std::unique_ptr<Env> { return std::make_unique<BothEndsEnv>(); }, TempSocket("env"));
+  server.Start();
+  EnvClient client(server.address());
+  client.Connect();
+  EnvStep end = client.Step(Action(0));
+  EXPECT_TRUE(end.done);
+  EXPECT_FALSE(end.truncated);
+  EXPECT_FALSE(end.final_observation.has_value());
+}
+
 TEST(EnvServerTest, EnvErrorsReachTheClient) {
   EnvServer server(Counting(/*episode_length=*/100, /*truncate=*/false, /*fail_at_step=*/2), TempSocket("env"));
   server.Start();
