@@ -3,11 +3,10 @@ and a learning test on the CueMemory task that fails when learning is broken."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli import assert_no_process_left, interrupt_after_first_progress_line, run_module
 
 from torchbeast.core.checkpoint import load_checkpoint
 
@@ -17,12 +16,7 @@ FAST = ["--encoder", "small", "--hidden_size", "32", "--num_actors", "2", "--unr
 
 
 def monobeast(*args, timeout=600, check=True):
-    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "torchbeast.monobeast", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
+    return run_module("torchbeast.monobeast", *args, timeout=timeout, check=check)
 
 
 def read_csv(path):
@@ -175,3 +169,13 @@ def test_real_memory_maze_train_resume_test_record(tmp_path):
     video = iio.imread(results["videos"][0], index=0)
     assert video.ndim == 3 and video.shape[1] > video.shape[0]  # agent view with the map panel beside it
     assert "mean return over 1 episodes" in tested.stdout
+
+
+def test_ctrl_c_saves_and_leaves_no_process(tmp_path):
+    proc, output = interrupt_after_first_progress_line(
+        "torchbeast.monobeast", "--env", CUE, "--total_steps", 100_000_000, "--savedir", tmp_path, "--xpid", "int",
+        *FAST)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    assert load_checkpoint(str(tmp_path / "int" / "model.tar"))["step"] > 0
+    assert_no_process_left(proc.pid)

@@ -90,6 +90,7 @@ def act(
     torch.set_num_threads(1)
     logging.basicConfig(format="[%(levelname)s %(asctime)s actor] %(message)s", level=logging.INFO)
     logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)
     seed = None if flags.seed is None else flags.seed * 1000 + actor_index
     if seed is not None:
         torch.manual_seed(seed)

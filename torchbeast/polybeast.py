@@ -57,7 +57,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def watch_servers() -> None:
         while not finished.wait(0.5):
-            dead = [p for p in servers if not p.is_alive()]
+            # Exit code 0 is a server told to stop (Ctrl-C reaches the whole process group).
+            dead = [p for p in servers if not p.is_alive() and p.exitcode != 0]
             if dead:
                 failed.append(f"{dead[0].name} exited with code {dead[0].exitcode}")
                 _thread.interrupt_main()  # the learner saves and stops as on Ctrl-C

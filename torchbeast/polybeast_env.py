@@ -62,7 +62,8 @@ def serve(flags: argparse.Namespace, server_index: int, address: str) -> None:
     from libtorchbeast import Server
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)
     if address.startswith("unix:") and os.path.exists(address[len("unix:"):]):
         os.unlink(address[len("unix:"):])  # a stale socket from a killed run
     server = Server(env_factory(flags, server_index), address)

@@ -102,7 +102,8 @@ def _format(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        # Six significant digits for metrics; timestamps and step-like values keep every unit.
+        return f"{value:.3f}" if abs(value) >= 1e5 else f"{value:.6g}"
     return value
 
 

@@ -1,0 +1,48 @@
+"""Running the command-line entry points as a user does, for the end-to-end tests."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def run_module(module, *args, timeout=600, check=True):
+    """`python -m module args...`; returns the CompletedProcess, raising with its output on failure."""
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def interrupt_after_first_progress_line(module, *args, timeout=120):
+    """Starts a run in its own session, sends SIGINT to the whole group (as Ctrl-C does) once it
+    prints its first progress line, and returns (Popen, output)."""
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step") or time.monotonic() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        output = "".join(lines) + proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, output
+
+
+def assert_no_process_left(session, wait=5.0):
+    """No process of the run's session outlives it (beyond a few seconds)."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(session)], capture_output=True, text=True).stdout
+        if not left.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert left.strip() == "", f"processes left behind:\n{left}"

@@ -1,0 +1,127 @@
+"""PolyBeast end to end, in subprocesses: gRPC env servers over unix sockets and TCP, the learner,
+the one-machine launcher, test mode, bad input, and the CueMemory learning test."""
+import csv
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from cli import assert_no_process_left, interrupt_after_first_progress_line, run_module
+
+from torchbeast.core.checkpoint import load_checkpoint
+
+CUE = "torchbeast:CueMemory-v0"
+FAST = ["--encoder", "small", "--hidden_size", "32", "--unroll_length", "10", "--batch_size", "4",
+        "--log_interval", "1"]
+
+
+def free_port_pair():
+    """Two consecutive free TCP ports on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_polybeast_over_unix_sockets_then_test_mode(tmp_path):
+    before = set(glob.glob("/tmp/polybeast-*"))
+    proc = run_module("torchbeast.polybeast", "--env", CUE, "--num_servers", 2, "--total_steps", 3000,
+                      "--savedir", tmp_path, "--xpid", "poly", "--seed", 2, *FAST)
+    assert "Learning from 2 env server(s): unix:" in proc.stderr
+    run = tmp_path / "poly"
+    for name in ("logs.csv", "meta.json", "model.tar", "learning_curve.png"):
+        assert (run / name).stat().st_size > 0, name
+    with open(run / "logs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r["mean_episode_return"] for r in rows)
+    assert load_checkpoint(str(run / "model.tar"))["step"] >= 3000
+    assert set(glob.glob("/tmp/polybeast-*")) == before  # no stale socket folders
+
+    # Same checkpoint format as MonoBeast: test mode (and MonoBeast's) reads it.
+    tested = run_module("torchbeast.polybeast_learner", "--mode", "test", "--env", CUE, "--savedir", tmp_path,
+                        "--xpid", "poly", "--test_episodes", 5)
+    assert "mean return over 5 episodes" in tested.stdout
+    assert json.loads((run / "test_results.json").read_text())["episodes"] == 5
+
+
+def test_env_servers_over_tcp_and_learner_resume(tmp_path):
+    port = free_port_pair()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    servers = subprocess.Popen([sys.executable, "-m", "torchbeast.polybeast_env", "--env", CUE, "--num_servers", "2",
+                                "--bind", f"127.0.0.1:{port}", "--seed", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        addresses = [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]
+        common = ["--env", CUE, "--env_servers", *addresses, "--savedir", tmp_path, "--xpid", "tcp", *FAST]
+        run_module("torchbeast.polybeast_learner", *common, "--total_steps", 2000)
+        resumed = run_module("torchbeast.polybeast_learner", *common, "--total_steps", 4000)
+        assert "Resuming" in resumed.stderr
+        assert load_checkpoint(str(tmp_path / "tcp" / "model.tar"))["step"] >= 4000
+    finally:
+        servers.send_signal(signal.SIGINT)
+        output, _ = servers.communicate(timeout=30)
+    assert servers.returncode == 0, output
+    assert "Serving torchbeast:CueMemory-v0 on 127.0.0.1" in output
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("torchbeast.polybeast_learner", ["--env_servers", "nowhere"], "expected unix:/path or host:port"),
+    ("torchbeast.polybeast_learner", ["--num_inference_threads", "0"], "--num_inference_threads must be positive"),
+    ("torchbeast.polybeast_learner", ["--inference_device", "gpu9"], "--inference_device"),
+    ("torchbeast.polybeast_env", ["--bind", "localhost"], "--bind localhost"),
+    ("torchbeast.polybeast_env", ["--pipes_basename", "/tmp/x"], "expected unix:/path/prefix"),
+    ("torchbeast.polybeast_env", ["--env", "memory_maze:MemoryMaze-8x8-v0"], "unknown Memory Maze env id"),
+    ("torchbeast.polybeast", ["--env", CUE, "--env_servers", "unix:/tmp/a"], "starts its own servers"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, module, args, needle):
+    if module != "torchbeast.polybeast_env" and "--env" not in args:
+        args = ["--env", CUE, *args]
+    proc = run_module(module, *args, "--savedir", tmp_path, check=False, timeout=120) if module != \
+        "torchbeast.polybeast_env" else run_module(module, *args, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_polybeast_on_real_memory_maze(tmp_path):
+    proc = run_module("torchbeast.polybeast", "--env", "memory_maze:MemoryMaze-9x9-ExtraObs-v0", "--posemb", "noisygt",
+                      "--pos_noise", "0.2", "--num_servers", 2, "--total_steps", 1200, "--savedir", tmp_path,
+                      "--xpid", "maze", "--seed", 4, *FAST)
+    assert "Traceback" not in proc.stderr
+    state = load_checkpoint(str(tmp_path / "maze" / "model.tar"))
+    assert state["step"] >= 1200 and state["model_config"]["posemb"] == "noisygt"
+
+
+LEARN = ["--env", CUE, "--encoder", "small", "--hidden_size", "64", "--num_servers", "2", "--batch_size", "16",
+         "--unroll_length", "20", "--total_steps", "100000", "--entropy_cost", "0.01", "--discounting", "0.9",
+         "--learning_rate", "0.002", "--seed", "1", "--log_interval", "10"]
+
+
+@pytest.mark.slow
+def test_polybeast_learns_to_remember_the_cue(tmp_path):
+    # As MonoBeast's learning test: random play 1/6, no memory at most 1/2.
+    run_module("torchbeast.polybeast", *LEARN, "--savedir", tmp_path, "--xpid", "learn")
+    run_module("torchbeast.polybeast_learner", "--mode", "test", "--env", CUE, "--savedir", tmp_path, "--xpid", "learn",
+               "--test_episodes", 100, "--seed", 7)
+    assert json.loads((tmp_path / "learn" / "test_results.json").read_text())["mean_return"] > 0.75
+
+
+def test_interrupt_stops_everything_and_saves(tmp_path):
+    proc, output = interrupt_after_first_progress_line(
+        "torchbeast.polybeast", "--env", CUE, "--num_servers", 2, "--total_steps", 100_000_000,
+        "--savedir", tmp_path, "--xpid", "int", *FAST)
+    assert proc.returncode == 0, output
+    assert load_checkpoint(str(tmp_path / "int" / "model.tar"))["step"] > 0
+    assert_no_process_left(proc.pid)
