@@ -53,10 +53,13 @@ def raw_env_throughput(env_id: str, processes: int, steps: int) -> float:
     return float(sum(rates))
 
 
-def training_sps(env_id: str, num_actors: int, steps: int, warmup: float, extra: list) -> dict:
+def training_sps(env_id: str, num_actors: int, steps: int, warmup: float, extra: list,
+                 module: str = "torchbeast.monobeast") -> dict:
+    """Steady-state training SPS of MonoBeast (or `module`: torchbeast.polybeast) from its logs.csv."""
+    actors_flag = "--num_servers" if module == "torchbeast.polybeast" else "--num_actors"
     with tempfile.TemporaryDirectory() as savedir:
-        cmd = [sys.executable, "-m", "torchbeast.monobeast", "--env", env_id, "--posemb", "noisygt",
-               "--num_actors", str(num_actors), "--total_steps", str(steps), "--savedir", savedir,
+        cmd = [sys.executable, "-m", module, "--env", env_id, "--posemb", "noisygt",
+               actors_flag, str(num_actors), "--total_steps", str(steps), "--savedir", savedir,
                "--xpid", "bench", "--log_interval", "10", *extra]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
