@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
-import os
 import queue
 import signal
 import sys
@@ -25,6 +24,7 @@ import torch
 import torch.multiprocessing as mp
 
 from torchbeast.core import flags as flags_lib
+from torchbeast.core.cli import children_ignore_sigint, run_command, setup_logging
 from torchbeast.core.device import select_device
 from torchbeast.core.environment import Environment, create_env, env_has_positions, frame_shape
 from torchbeast.core.evaluate import test
@@ -85,8 +85,7 @@ def act(
     initial_agent_state_buffers: List[List[torch.Tensor]],
 ) -> None:
     """Actor process: fills free buffers with rollouts until it is sent None."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner handles Ctrl-C and stops us
-    _die_with_parent()
+    _die_with_parent()  # SIGINT is ignored (children_ignore_sigint): the learner stops us
     torch.set_num_threads(1)
     logging.basicConfig(format="[%(levelname)s %(asctime)s actor] %(message)s", level=logging.INFO)
     logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
@@ -214,11 +213,12 @@ def train(flags: argparse.Namespace) -> None:
                                    for _ in range(flags.num_buffers)]
     free_queue, full_queue = ctx.SimpleQueue(), ctx.Queue()
     actors = []
-    for i in range(flags.num_actors):
-        actor = ctx.Process(target=act, name=f"actor-{i}", daemon=True, args=(
-            flags, i, free_queue, full_queue, actor_model, buffers, initial_agent_state_buffers))
-        actor.start()
-        actors.append(actor)
+    with children_ignore_sigint():
+        for i in range(flags.num_actors):
+            actor = ctx.Process(target=act, name=f"actor-{i}", daemon=True, args=(
+                flags, i, free_queue, full_queue, actor_model, buffers, initial_agent_state_buffers))
+            actor.start()
+            actors.append(actor)
     for m in range(flags.num_buffers):
         free_queue.put(m)
 
@@ -279,21 +279,14 @@ def _stop_actors(actors: List[Any], free_queue: Any) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(format="[%(levelname)s %(asctime)s] %(message)s", level=logging.INFO)
+    setup_logging()
     parser = flags_lib.make_parser(prog="python -m torchbeast.monobeast", description=__doc__.split("\n\n")[0])
-    try:
+
+    def body() -> None:
         flags = flags_lib.parse_flags(parser, argv)
-        if flags.mode == "train":
-            train(flags)
-        else:
-            test(flags)
-    except ConfigError as e:
-        print(f"monobeast: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("monobeast: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        (train if flags.mode == "train" else test)(flags)
+
+    return run_command("monobeast", body)
 
 
 if __name__ == "__main__":

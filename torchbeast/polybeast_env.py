@@ -23,6 +23,7 @@ import threading
 from typing import Any, Callable, List, Optional
 
 from torchbeast.core import flags as flags_lib
+from torchbeast.core.cli import children_ignore_sigint
 from torchbeast.core.environment import create_env
 from torchbeast.errors import ConfigError
 
@@ -58,7 +59,7 @@ def env_factory(flags: argparse.Namespace, server_index: int) -> Callable[[], An
 
 
 def serve(flags: argparse.Namespace, server_index: int, address: str) -> None:
-    """Process body: serve one address until SIGTERM/SIGINT."""
+    """Process body: serve one address until SIGTERM."""
     from libtorchbeast import Server
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -68,8 +69,7 @@ def serve(flags: argparse.Namespace, server_index: int, address: str) -> None:
         os.unlink(address[len("unix:"):])  # a stale socket from a killed run
     server = Server(env_factory(flags, server_index), address)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     stop.wait()
     server.stop()
@@ -81,10 +81,11 @@ def start_servers(flags: argparse.Namespace, addresses: List[str]) -> List[Any]:
     """Starts one server process per address (spawned: no inherited torch or GL state)."""
     ctx = mp.get_context("spawn")
     processes = []
-    for i, address in enumerate(addresses):
-        process = ctx.Process(target=serve, args=(flags, i, address), name=f"env-server-{i}", daemon=True)
-        process.start()
-        processes.append(process)
+    with children_ignore_sigint():  # they stop on SIGTERM from stop_servers()
+        for i, address in enumerate(addresses):
+            process = ctx.Process(target=serve, args=(flags, i, address), name=f"env-server-{i}", daemon=True)
+            process.start()
+            processes.append(process)
     return processes
 
 

@@ -23,6 +23,7 @@ import torch
 
 import nest
 from torchbeast.core import flags as flags_lib
+from torchbeast.core.cli import run_command, setup_logging
 from torchbeast.core.device import select_device
 from torchbeast.core.evaluate import test
 from torchbeast.core.training import LearnerState, Reporter
@@ -230,21 +231,15 @@ def train(flags: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(format="[%(levelname)s %(asctime)s] %(message)s", level=logging.INFO)
+    setup_logging()
     parser = make_parser()
-    try:
+
+    def body() -> None:
         flags = flags_lib.parse_flags(parser, argv)
         validate_polybeast(flags)
-        if flags.mode == "train":
-            train(flags)
-        else:
-            test(flags)
-    except ConfigError as e:
-        print(f"polybeast_learner: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+        (train if flags.mode == "train" else test)(flags)
+
+    return run_command("polybeast_learner", body)
 
 
 if __name__ == "__main__":
