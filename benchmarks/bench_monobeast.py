@@ -35,7 +35,7 @@ def _step_env(args: tuple) -> float:
     from torchbeast.core.environment import Environment, create_env
 
     env = Environment(create_env(env_id, seed=seed))
-    env.initial(seed=seed)
+    env.initial()
     rng = np.random.default_rng(seed)
     env.step(0)  # first step compiles/warms caches
     start = time.perf_counter()

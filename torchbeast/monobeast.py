@@ -95,7 +95,7 @@ def act(
         torch.manual_seed(seed)
     try:
         env = Environment(create_env(flags.env, seed=seed, pos_noise=flags.pos_noise, impl=flags.env_impl))
-        step = env.initial(seed=seed)
+        step = env.initial()
         agent_state = model.initial_state(1)
         with torch.no_grad():
             agent_output, _ = model(step, agent_state)

@@ -73,8 +73,9 @@ class Environment:
         )
         return out
 
-    def initial(self, seed: Optional[int] = None) -> Step:
-        obs, _ = self.env.reset(seed=seed)
+    def initial(self) -> Step:
+        """The first step of the stream (seed the env when making it: a seed here rebuilds a maze)."""
+        obs, _ = self.env.reset()
         self.episode_return, self.episode_step = 0.0, 0
         # done=True: the first step of the stream starts an episode (the agent state is fresh).
         return self._step_dict(obs, 0.0, True, False, 0, 0.0, 0)

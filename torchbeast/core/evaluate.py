@@ -79,7 +79,7 @@ def test(flags: argparse.Namespace) -> Dict[str, Any]:
     returns: List[float] = []
     lengths: List[int] = []
     videos: List[str] = []
-    step = env.initial(seed=seed)
+    step = env.initial()
     agent_state = model.initial_state(1)
     max_steps = getattr(env.env, "max_episode_steps", None) or 0
     try:
