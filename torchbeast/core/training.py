@@ -75,8 +75,11 @@ class LearnerState:
         batch: Dict[str, torch.Tensor],
         initial_agent_state: AgentState,
         after_update: Optional[Callable[[], None]] = None,
-    ) -> Dict[str, Any]:
+    ) -> Optional[Dict[str, Any]]:
+        """One update, or None when another learner thread already reached --total_steps."""
         with self.lock:
+            if self.done:
+                return None
             stats = learn_step(self.flags, self.model, batch, initial_agent_state, self.optimizer, self.scheduler)
             if after_update is not None:
                 after_update()
