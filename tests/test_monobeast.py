@@ -122,7 +122,7 @@ def test_gpu_n_that_does_not_exist(monkeypatch):
     assert select_device(0, disable_cuda=True) == torch.device("cpu")
 
 
-LEARN = ["--env", CUE, "--encoder", "small", "--hidden_size", "64", "--num_actors", "2", "--batch_size", "16",
+LEARN = ["--env", CUE, "--encoder", "small", "--hidden_size", "64", "--num_actors", "2", "--batch_size", "8",
          "--unroll_length", "20", "--total_steps", "100000", "--entropy_cost", "0.01", "--discounting", "0.9",
          "--seed", "1", "--log_interval", "10"]
 
