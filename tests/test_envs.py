@@ -218,8 +218,8 @@ def test_same_seed_same_mazes_noise_and_frames(extra_env):
 def test_gym_make_as_in_the_readme_works():
     import gym
 
-    # gym 0.26's env checker crashes under NumPy 2 (np.bool8): disable it.
-    env = gym.make("memory_maze:MemoryMaze-9x9-v0", disable_env_checker=True)
+    # Exactly as the seed README writes it, env checker included (it needs numpy<2: np.bool8).
+    env = gym.make("memory_maze:MemoryMaze-9x9-v0")
     try:
         assert env.reset().shape == (64, 64, 3)
         obs, reward, done, info = env.step(1)
