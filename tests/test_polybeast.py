@@ -85,10 +85,9 @@ def test_env_servers_over_tcp_and_learner_resume(tmp_path):
     ("torchbeast.polybeast", ["--env", CUE, "--env_servers", "unix:/tmp/a"], "starts its own servers"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, module, args, needle):
-    if module != "torchbeast.polybeast_env" and "--env" not in args:
-        args = ["--env", CUE, *args]
-    proc = run_module(module, *args, "--savedir", tmp_path, check=False, timeout=120) if module != \
-        "torchbeast.polybeast_env" else run_module(module, *args, check=False, timeout=120)
+    if module != "torchbeast.polybeast_env":  # the trainers also take an env and write outputs
+        args = [*([] if "--env" in args else ["--env", CUE]), *args, "--savedir", tmp_path]
+    proc = run_module(module, *args, check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -59,9 +59,10 @@ def buffer_specs(flags: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
 
 def create_buffers(flags: argparse.Namespace) -> Buffers:
     T = flags.unroll_length
-    buffers: Buffers = {key: [] for key in buffer_specs(flags)}
+    specs = buffer_specs(flags)
+    buffers: Buffers = {key: [] for key in specs}
     for _ in range(flags.num_buffers):
-        for key, spec in buffer_specs(flags).items():
+        for key, spec in specs.items():
             buffers[key].append(torch.empty((T + 1, *spec["size"]), dtype=spec["dtype"]).share_memory_())
     return buffers
 
@@ -103,12 +104,7 @@ def act(
             index = free_queue.get()
             if index is None:
                 break
-            for key in step:
-                if key in buffers:
-                    buffers[key][index][0, ...] = step[key]
-            for key in agent_output:
-                buffers[key][index][0, ...] = agent_output[key]
-            buffers["truncation_value"][index][0] = 0.0
+            _write_step(buffers, index, 0, step, agent_output, truncation_value=0.0)
             for i, tensor in enumerate(agent_state):
                 initial_agent_state_buffers[index][i][...] = tensor
 
@@ -120,12 +116,7 @@ def act(
                 truncation_value = 0.0
                 if final_obs is not None:
                     truncation_value = _value_of(model, final_obs, step, agent_state)
-                for key in step:
-                    if key in buffers:
-                        buffers[key][index][t + 1, ...] = step[key]
-                for key in agent_output:
-                    buffers[key][index][t + 1, ...] = agent_output[key]
-                buffers["truncation_value"][index][t + 1] = truncation_value
+                _write_step(buffers, index, t + 1, step, agent_output, truncation_value)
             full_queue.put(index)
         env.close()
     except KeyboardInterrupt:
@@ -135,6 +126,17 @@ def act(
         full_queue.put(ActorError(actor_index, f"{type(e).__name__}: {message}", isinstance(e, ConfigError)))
         if not isinstance(e, ConfigError):
             raise  # the traceback helps with bugs; bad input was said in one line already
+
+
+def _write_step(buffers: Buffers, index: int, t: int, step: Dict[str, torch.Tensor],
+                agent_output: Dict[str, torch.Tensor], truncation_value: float) -> None:
+    """Writes one step of a rollout: the env's step t and the agent's output that led to it."""
+    for key in step:
+        if key in buffers:
+            buffers[key][index][t, ...] = step[key]
+    for key in agent_output:
+        buffers[key][index][t, ...] = agent_output[key]
+    buffers["truncation_value"][index][t] = truncation_value
 
 
 class ActorError(NamedTuple):
@@ -196,10 +198,7 @@ def get_batch(
 def train(flags: argparse.Namespace) -> None:
     """Trains until --total_steps (resuming SAVEDIR/XPID when it has a checkpoint)."""
     state = LearnerState(flags, select_device(flags.gpu_n, flags.disable_cuda))
-    if state.done:
-        log.info("Run %s already has %d >= --total_steps %d steps; nothing to do.",
-                 flags.xpid, state.step, flags.total_steps)
-        state.close()
+    if state.close_if_done():
         return
     actor_model = state.new_model_copy(torch.device("cpu"))
     actor_model.share_memory()

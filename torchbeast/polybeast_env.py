@@ -42,6 +42,11 @@ def server_addresses(pipes_basename: Optional[str], bind: Optional[str], num_ser
     folder = os.path.dirname(pipes_basename[len("unix:"):]) or "."
     if not os.path.isdir(folder):
         raise ConfigError(f"--pipes_basename {pipes_basename}: folder {folder} does not exist")
+    return unix_addresses(pipes_basename, num_servers)
+
+
+def unix_addresses(pipes_basename: str, num_servers: int) -> List[str]:
+    """The socket of server i for `--pipes_basename unix:/path/prefix`: unix:/path/prefix.i."""
     return [f"{pipes_basename}.{i}" for i in range(num_servers)]
 
 

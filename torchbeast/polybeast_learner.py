@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 import nest
+from torchbeast import polybeast_env
 from torchbeast.core import flags as flags_lib
 from torchbeast.core.cli import run_command, setup_logging
 from torchbeast.core.device import select_device
@@ -64,7 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
 def server_addresses(flags: argparse.Namespace) -> List[str]:
     if flags.env_servers:
         return list(flags.env_servers)
-    return [f"{flags.pipes_basename}.{i}" for i in range(flags.num_servers)]
+    return polybeast_env.unix_addresses(flags.pipes_basename, flags.num_servers)
 
 
 def parse_device(name: Optional[str], flag: str, default: torch.device) -> torch.device:
@@ -155,10 +156,7 @@ def train(flags: argparse.Namespace) -> None:
     inference_device = parse_device(flags.inference_device, "--inference_device", default_device)
     addresses = server_addresses(flags)
     state = LearnerState(flags, learner_device, meta=dict(env_servers=addresses, inference_device=str(inference_device)))
-    if state.done:
-        log.info("Run %s already has %d >= --total_steps %d steps; nothing to do.", flags.xpid, state.step,
-                 flags.total_steps)
-        state.close()
+    if state.close_if_done():
         return
     # Inference threads share this copy; weights are copied in place after each update (a forward
     # that overlaps a copy mixes two consecutive versions, which V-trace's off-policy correction absorbs).

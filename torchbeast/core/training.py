@@ -63,6 +63,15 @@ class LearnerState:
     def done(self) -> bool:
         return self.step >= self.flags.total_steps
 
+    def close_if_done(self) -> bool:
+        """True (and closes the outputs) when a resumed run already has --total_steps steps."""
+        if not self.done:
+            return False
+        log.info("Run %s already has %d >= --total_steps %d steps; nothing to do.",
+                 self.flags.xpid, self.step, self.flags.total_steps)
+        self.close()
+        return True
+
     def new_model_copy(self, device: torch.device) -> MemoryAgent:
         """A copy of the learner model for acting (inference), in eval mode."""
         model = build_model(model_config(self.flags)).to(device)
