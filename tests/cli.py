@@ -46,3 +46,12 @@ def assert_no_process_left(session, wait=5.0):
             break
         time.sleep(0.2)
     assert left.strip() == "", f"processes left behind:\n{left}"
+
+
+# The CueMemory learning tests' budget, shared by MonoBeast and PolyBeast. A warmup keeps RMSProp's
+# oversized first updates from killing the small encoder's ReLUs on these flat-colour frames
+# (without it about 1 run in 5 never learned the cue); 150k steps leave room for slow starters.
+CUE_LEARNING_FLAGS = ["--env", "torchbeast:CueMemory-v0", "--encoder", "small", "--hidden_size", "64",
+                      "--batch_size", "8", "--unroll_length", "20", "--total_steps", "150000",
+                      "--warmup_steps", "16000", "--entropy_cost", "0.01", "--discounting", "0.9",
+                      "--seed", "1", "--log_interval", "10"]

@@ -10,7 +10,7 @@ from torchbeast.models import MemoryAgent
 def flags(**overrides):
     values = dict(discounting=0.9, reward_clipping="abs_one", baseline_cost=0.5, entropy_cost=0.01,
                   grad_norm_clipping=40.0, learning_rate=1e-3, momentum=0.0, epsilon=0.01, alpha=0.99,
-                  unroll_length=3, batch_size=1, total_steps=300)
+                  unroll_length=3, batch_size=1, total_steps=300, warmup_steps=0)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -59,3 +59,17 @@ def test_learn_step_moves_the_baseline_towards_the_return():
     assert after > before + 0.5, (before, after)
     assert stats["learning_rate"] < f.learning_rate  # decays linearly with the steps learned
     assert stats["episode_returns"] == []
+
+
+def test_warmup_raises_the_learning_rate_linearly_then_it_decays():
+    model = MemoryAgent(num_actions=6, encoder="small", hidden_size=16)
+    f = flags(learning_rate=1.0, unroll_length=10, batch_size=1, total_steps=1000, warmup_steps=40)
+    optimizer, scheduler = make_optimizer(f, model)
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # Updates at steps 0, 10, 20, 30 ramp up to the decayed rate; from step 40 on it decays linearly.
+    expected = [1 / 5, 0.99 * 2 / 5, 0.98 * 3 / 5, 0.97 * 4 / 5, 0.96, 0.95, 0.94, 0.93]
+    torch.testing.assert_close(torch.tensor(rates), torch.tensor(expected))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from cli import assert_no_process_left, interrupt_after_first_progress_line, run_module
+from cli import CUE_LEARNING_FLAGS, assert_no_process_left, interrupt_after_first_progress_line, run_module
 
 from torchbeast.core.checkpoint import load_checkpoint
 
@@ -106,7 +106,7 @@ def test_help_explains_every_flag():
                  "--entropy_cost", "--batch_size", "--unroll_length", "--learning_rate", "--epsilon", "--gpu_n",
                  "--savedir", "--xpid", "--total_steps", "--num_buffers", "--num_learner_threads",
                  "--disable_cuda", "--use_lstm", "--no_lstm", "--baseline_cost", "--reward_clipping", "--alpha",
-                 "--momentum", "--grad_norm_clipping", "--seed", "--test_episodes", "--checkpoint"):
+                 "--momentum", "--grad_norm_clipping", "--seed", "--test_episodes", "--checkpoint", "--warmup_steps"):
         assert flag in proc.stdout, flag
 
 
@@ -122,9 +122,7 @@ def test_gpu_n_that_does_not_exist(monkeypatch):
     assert select_device(0, disable_cuda=True) == torch.device("cpu")
 
 
-LEARN = ["--env", CUE, "--encoder", "small", "--hidden_size", "64", "--num_actors", "2", "--batch_size", "8",
-         "--unroll_length", "20", "--total_steps", "100000", "--entropy_cost", "0.01", "--discounting", "0.9",
-         "--seed", "1", "--log_interval", "10"]
+LEARN = [*CUE_LEARNING_FLAGS, "--num_actors", "2"]
 
 
 def trained_test_return(tmp_path, learning_rate):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from cli import assert_no_process_left, interrupt_after_first_progress_line, run_module
+from cli import CUE_LEARNING_FLAGS, assert_no_process_left, interrupt_after_first_progress_line, run_module
 
 from torchbeast.core.checkpoint import load_checkpoint
 
@@ -103,9 +103,7 @@ def test_polybeast_on_real_memory_maze(tmp_path):
     assert state["step"] >= 1200 and state["model_config"]["posemb"] == "noisygt"
 
 
-LEARN = ["--env", CUE, "--encoder", "small", "--hidden_size", "64", "--num_servers", "2", "--batch_size", "8",
-         "--unroll_length", "20", "--total_steps", "100000", "--entropy_cost", "0.01", "--discounting", "0.9",
-         "--learning_rate", "0.002", "--seed", "1", "--log_interval", "10"]
+LEARN = [*CUE_LEARNING_FLAGS, "--num_servers", "2", "--learning_rate", "0.002"]
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, List, Optional
 
 from torchbeast.core import flags as flags_lib
@@ -95,12 +96,16 @@ def start_servers(flags: argparse.Namespace, addresses: List[str]) -> List[Any]:
 
 
 def stop_servers(processes: List[Any], timeout: float = 10.0) -> None:
+    """SIGTERM to all, then SIGKILL to any still alive when `timeout` seconds have passed in all."""
     for process in processes:
         if process.is_alive():
             process.terminate()
+    deadline = time.monotonic() + timeout
     for process in processes:
-        process.join(timeout=timeout)
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
         if process.is_alive():
+            log.warning("%s did not stop within %.0f s of SIGTERM; killing it.", process.name, timeout)
             process.kill()
             process.join()
 

@@ -90,6 +90,11 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
                        help="Clip rewards to [-1, 1] for learning, or not. (default: %(default)s)")
     group.add_argument("--learning_rate", type=float, default=0.00048,
                        help="RMSProp learning rate, decayed linearly to 0 at --total_steps. (default: %(default)s)")
+    group.add_argument("--warmup_steps", type=int, default=0,
+                       help="Environment steps over which the learning rate first rises linearly from 0. "
+                            "RMSProp has no bias correction: its first updates are up to 1/sqrt(1-alpha) "
+                            "times larger than later ones and can kill ReLU units at a high learning rate. "
+                            "(default: %(default)s, none, as in IMPALA)")
     group.add_argument("--alpha", type=float, default=0.99, help="RMSProp smoothing constant. (default: %(default)s)")
     group.add_argument("--momentum", type=float, default=0.0, help="RMSProp momentum. (default: %(default)s)")
     group.add_argument("--epsilon", type=float, default=0.01, help="RMSProp epsilon. (default: %(default)s)")
@@ -144,7 +149,7 @@ def validate(flags: argparse.Namespace) -> None:
     for name in ("learning_rate", "epsilon", "grad_norm_clipping", "checkpoint_interval", "log_interval"):
         if getattr(flags, name) <= 0:
             problems.append(f"--{name} must be positive, got {getattr(flags, name)}")
-    for name in ("entropy_cost", "baseline_cost", "pos_noise", "momentum"):
+    for name in ("entropy_cost", "baseline_cost", "pos_noise", "momentum", "warmup_steps"):
         if getattr(flags, name) < 0:
             problems.append(f"--{name} must be >= 0, got {getattr(flags, name)}")
     if not 0.0 <= flags.discounting <= 1.0:

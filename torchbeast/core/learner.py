@@ -83,14 +83,18 @@ def learn_step(
 
 
 def make_optimizer(flags: argparse.Namespace, model: nn.Module) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """RMSProp with the learning rate decayed linearly to zero at --total_steps."""
+    """RMSProp; the learning rate rises linearly over --warmup_steps, then decays linearly to zero."""
     optimizer = torch.optim.RMSprop(
         model.parameters(), lr=flags.learning_rate, momentum=flags.momentum, eps=flags.epsilon, alpha=flags.alpha
     )
     steps_per_update = flags.unroll_length * flags.batch_size
 
     def lr_lambda(update: int) -> float:
-        return max(0.0, 1.0 - min(update * steps_per_update, flags.total_steps) / flags.total_steps)
+        steps = update * steps_per_update
+        decay = max(0.0, 1.0 - min(steps, flags.total_steps) / flags.total_steps)
+        if steps < flags.warmup_steps:
+            return decay * (steps + steps_per_update) / (flags.warmup_steps + steps_per_update)
+        return decay
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     return optimizer, scheduler
