@@ -106,7 +106,7 @@ def test_help_explains_every_flag():
                  "--entropy_cost", "--batch_size", "--unroll_length", "--learning_rate", "--epsilon", "--gpu_n",
                  "--savedir", "--xpid", "--total_steps", "--num_buffers", "--num_learner_threads",
                  "--disable_cuda", "--use_lstm", "--no_lstm", "--baseline_cost", "--reward_clipping", "--alpha",
-                 "--momentum", "--grad_norm_clipping", "--seed", "--test_episodes", "--checkpoint", "--warmup_steps"):
+                 "--momentum", "--grad_norm_clipping", "--seed", "--test_episodes", "--checkpoint", "--warmup_steps", "--num_threads"):
         assert flag in proc.stdout, flag
 
 
@@ -177,3 +177,16 @@ def test_ctrl_c_saves_and_leaves_no_process(tmp_path):
     assert "Traceback" not in output
     assert load_checkpoint(str(tmp_path / "int" / "model.tar"))["step"] > 0
     assert_no_process_left(proc.pid)
+
+
+def test_learner_threads_default_to_the_cores_the_actors_leave(monkeypatch):
+    from torchbeast.core.device import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)
+        assert set_cpu_threads(None, env_processes=6) == 2 and torch.get_num_threads() == 2
+        assert set_cpu_threads(None, env_processes=16) == 1
+        assert set_cpu_threads(3, env_processes=16) == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 from torchbeast.core import flags as flags_lib
 from torchbeast.core.cli import children_ignore_sigint, run_command, setup_logging
-from torchbeast.core.device import select_device
+from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.environment import Environment, create_env, env_has_positions, frame_shape
 from torchbeast.core.evaluate import test
 from torchbeast.core.training import LearnerState, Reporter
@@ -98,7 +98,7 @@ def act(
         env = Environment(create_env(flags.env, seed=seed, pos_noise=flags.pos_noise, impl=flags.env_impl))
         step = env.initial()
         agent_state = model.initial_state(1)
-        with torch.no_grad():
+        with torch.inference_mode():
             agent_output, _ = model(step, agent_state)
         while True:
             index = free_queue.get()
@@ -109,7 +109,7 @@ def act(
                 initial_agent_state_buffers[index][i][...] = tensor
 
             for t in range(flags.unroll_length):
-                with torch.no_grad():
+                with torch.inference_mode():
                     agent_output, agent_state = model(step, agent_state)
                 action = int(agent_output["action"].item())
                 step, final_obs = env.step(action)
@@ -151,7 +151,7 @@ def _value_of(model: torch.nn.Module, final_obs: Dict[str, Any], step: Dict[str,
     """The baseline's value of an episode's true final observation (for time-limit bootstrapping)."""
     inputs = {key: torch.from_numpy(value).unsqueeze(0).unsqueeze(0) for key, value in final_obs.items()}
     inputs.update(reward=step["reward"], last_action=step["last_action"], done=torch.zeros(1, 1, dtype=torch.bool))
-    with torch.no_grad():
+    with torch.inference_mode():
         outputs, _ = model(inputs, agent_state)
     return float(outputs["baseline"].item())
 
@@ -197,6 +197,7 @@ def get_batch(
 
 def train(flags: argparse.Namespace) -> None:
     """Trains until --total_steps (resuming SAVEDIR/XPID when it has a checkpoint)."""
+    set_cpu_threads(flags.num_threads, env_processes=flags.num_actors)
     state = LearnerState(flags, select_device(flags.gpu_n, flags.disable_cuda))
     if state.close_if_done():
         return

@@ -25,7 +25,7 @@ import nest
 from torchbeast import polybeast_env
 from torchbeast.core import flags as flags_lib
 from torchbeast.core.cli import run_command, setup_logging
-from torchbeast.core.device import select_device
+from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.evaluate import test
 from torchbeast.core.training import LearnerState, Reporter
 from torchbeast.errors import ConfigError
@@ -119,7 +119,7 @@ def inference_loop(batcher: Any, model: MemoryAgent, device: torch.device) -> No
     for batch in batcher:
         step = to_device(batch.get_inputs(), device)
         agent_state = tuple(step["agent_state"])
-        with torch.no_grad():
+        with torch.inference_mode():
             outputs, agent_state = model(model_inputs(step), agent_state)
         batch.set_outputs(dict(
             action=outputs["action"].cpu().numpy(),
@@ -155,6 +155,8 @@ def train(flags: argparse.Namespace) -> None:
     learner_device = parse_device(flags.learner_device, "--learner_device", default_device)
     inference_device = parse_device(flags.inference_device, "--inference_device", default_device)
     addresses = server_addresses(flags)
+    local_servers = sum(a.startswith(("unix:", "127.", "localhost:")) for a in addresses)
+    set_cpu_threads(flags.num_threads, env_processes=local_servers)
     state = LearnerState(flags, learner_device, meta=dict(env_servers=addresses, inference_device=str(inference_device)))
     if state.close_if_done():
         return

@@ -112,6 +112,9 @@ def add_system_flags(parser: argparse.ArgumentParser) -> None:
                        help="Checkpoint for --mode test. (default: SAVEDIR/XPID/model.tar)")
     group.add_argument("--gpu_n", type=int, default=0, help="Use cuda:GPU_N when CUDA is available. (default: %(default)s)")
     group.add_argument("--disable_cuda", action="store_true", help="Run on the CPU even when a GPU is present.")
+    group.add_argument("--num_threads", type=int, default=None,
+                       help="Torch CPU threads of the learner process. (default: the cores the env processes "
+                            "on this machine leave free, at least 1)")
     group.add_argument("--test_episodes", type=int, default=10,
                        help="Episodes to play in --mode test. (default: %(default)s)")
     group.add_argument("--record", type=str_to_bool, nargs="?", const=True, default=False,
@@ -138,7 +141,7 @@ def validate(flags: argparse.Namespace) -> None:
 
     problems: List[str] = []
     for name in ("total_steps", "num_actors", "batch_size", "unroll_length", "num_learner_threads",
-                 "test_episodes", "hidden_size"):
+                 "test_episodes", "hidden_size", "num_threads"):
         value = getattr(flags, name, None)
         if value is not None and value <= 0:
             problems.append(f"--{name} must be positive, got {value}")
