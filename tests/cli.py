@@ -18,7 +18,7 @@ def run_module(module, *args, timeout=600, check=True):
 
 def interrupt_after_first_progress_line(module, *args, timeout=120):
     """Starts a run in its own session, sends SIGINT to the whole group (as Ctrl-C does) once it
-    prints its first progress line, and returns (Popen, output)."""
+    prints its first progress line past step 0, and returns (Popen, output)."""
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
@@ -27,7 +27,8 @@ def interrupt_after_first_progress_line(module, *args, timeout=120):
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("step") or time.monotonic() > deadline:
+            learned = line.startswith("step") and line.split()[1] != "0"  # a progress line after an update
+            if learned or time.monotonic() > deadline:
                 break
         os.killpg(proc.pid, signal.SIGINT)
         output = "".join(lines) + proc.communicate(timeout=60)[0]

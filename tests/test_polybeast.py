@@ -69,7 +69,8 @@ def test_env_servers_over_tcp_and_learner_resume(tmp_path):
         assert "Resuming" in resumed.stderr
         assert load_checkpoint(str(tmp_path / "tcp" / "model.tar"))["step"] >= 4000
     finally:
-        servers.send_signal(signal.SIGINT)
+        # SIGTERM, not SIGINT: a shell running the tests in the background makes its children ignore SIGINT.
+        servers.send_signal(signal.SIGTERM)
         output, _ = servers.communicate(timeout=30)
     assert servers.returncode == 0, output
     assert "Serving torchbeast:CueMemory-v0 on 127.0.0.1" in output

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, List, Optional
 
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import children_ignore_sigint
+from torchbeast.core.cli import children_ignore_sigint, sigterm_as_interrupt
 from torchbeast.core.environment import create_env
 from torchbeast.errors import ConfigError
 
@@ -143,18 +143,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"polybeast_env: error: {e}", file=sys.stderr)
         return 2
-    processes = start_servers(flags, addresses)
-    log.info("Serving %s on %s", flags.env, ", ".join(addresses))
-    try:
-        while all(p.is_alive() for p in processes):
-            processes[0].join(timeout=0.5)
-        dead = [p for p in processes if not p.is_alive()]
-        log.error("%s exited with code %s; stopping.", dead[0].name, dead[0].exitcode)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stop_servers(processes)
+    with sigterm_as_interrupt():
+        processes = start_servers(flags, addresses)
+        log.info("Serving %s on %s", flags.env, ", ".join(addresses))
+        try:
+            while all(p.is_alive() for p in processes):
+                processes[0].join(timeout=0.5)
+            dead = [p for p in processes if not p.is_alive()]
+            log.error("%s exited with code %s; stopping.", dead[0].name, dead[0].exitcode)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            stop_servers(processes)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,27 @@ def setup_logging() -> None:
     logging.basicConfig(format="[%(levelname)s %(asctime)s] %(message)s", level=logging.INFO)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, SLURM, Kubernetes) stops the run the way Ctrl-C does: saved, children ended.
+
+    It also stops runs started in the background by a shell, where SIGINT is ignored."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(name: str, body: Callable[[], None]) -> int:
     """Runs `body`: bad input is one line on stderr and exit status 2; Ctrl-C is status 130."""
     try:
-        body()
+        with sigterm_as_interrupt():
+            body()
     except ConfigError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
