@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from torchbeast.envs.rendering import configure_rendering
+
 
 def _step_env(args: tuple) -> float:
     env_id, steps, seed = args
@@ -72,18 +74,33 @@ def training_sps(env_id: str, num_actors: int, steps: int, warmup: float, extra:
     return dict(sps=sps, wall_s=wall, steps=int(rows[-1]["step"]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def training_parser(description: str, out_name: str, env_steps: int, steps: int, train_flags_help: str) -> argparse.ArgumentParser:
+    """The flags that bench_monobeast.py and bench_train.py share; defaults differ per script."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--env", default="memory_maze:MemoryMaze-9x9-ExtraObs-v0")
     parser.add_argument("--num_actors", type=int, default=2)
-    parser.add_argument("--env_steps", type=int, default=500, help="raw steps per process")
-    parser.add_argument("--steps", type=int, default=20000, help="training steps")
+    parser.add_argument("--env_steps", type=int, default=env_steps, help="raw steps per process")
+    parser.add_argument("--steps", type=int, default=steps, help="training steps per run")
     parser.add_argument("--warmup", type=float, default=0.25)
-    parser.add_argument("--train_flags", default="--batch_size 8 --unroll_length 80",
-                        help="extra MonoBeast flags, one string")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_monobeast.json"))
+    parser.add_argument("--train_flags", default="--batch_size 8 --unroll_length 80", help=train_flags_help)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", out_name))
+    return parser
+
+
+def write_result(path: str, result: dict) -> None:
+    """Adds the machine and time to `result` and writes it as JSON to `path`."""
+    result.update(cpu_count=os.cpu_count(), machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = training_parser(__doc__.split("\n\n")[0], "bench_monobeast.json", env_steps=500, steps=20000,
+                             train_flags_help="extra MonoBeast flags, one string")
     args = parser.parse_args()
-    os.environ.setdefault("MUJOCO_GL", "egl" if os.path.exists("/dev/nvidia0") else "osmesa")
+    configure_rendering()  # the trainers' subprocesses inherit MUJOCO_GL
 
     raw_1 = raw_env_throughput(args.env, 1, args.env_steps)
     raw_n = raw_env_throughput(args.env, args.num_actors, args.env_steps)
@@ -99,12 +116,8 @@ def main() -> None:
         print(f"{name:<36} {value:>10.1f} {'' if ratio is None else f'{ratio:>13.2f}'}")
     result = dict(env=args.env, num_actors=args.num_actors, train_flags=args.train_flags,
                   raw_steps_per_s_1=raw_1, raw_steps_per_s_n=raw_n, training_sps=train["sps"],
-                  training_wall_s=train["wall_s"], ratio=train["sps"] / raw_n,
-                  cpu_count=os.cpu_count(), machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+                  training_wall_s=train["wall_s"], ratio=train["sps"] / raw_n)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -16,27 +16,19 @@ training SPS >= 0.8 x raw. Prints a table, writes JSON (default benchmarks/resul
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import time
 
-from bench_monobeast import raw_env_throughput, training_sps
+from bench_monobeast import raw_env_throughput, training_parser, training_sps, write_result
+
+from torchbeast.envs.rendering import configure_rendering
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="memory_maze:MemoryMaze-9x9-ExtraObs-v0")
-    parser.add_argument("--num_actors", type=int, default=2)
-    parser.add_argument("--env_steps", type=int, default=300, help="raw steps per process")
-    parser.add_argument("--steps", type=int, default=12000, help="training steps per run")
-    parser.add_argument("--warmup", type=float, default=0.25)
-    parser.add_argument("--train_flags", default="--batch_size 8 --unroll_length 80",
-                        help="extra flags for both trainers, one string")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_train.json"))
+    parser = training_parser(__doc__.split("\n\n")[0], "bench_train.json", env_steps=300, steps=12000,
+                             train_flags_help="extra flags for both trainers, one string")
     args = parser.parse_args()
-    os.environ.setdefault("MUJOCO_GL", "egl" if os.path.exists("/dev/nvidia0") else "osmesa")
+    configure_rendering()  # the trainers' subprocesses inherit MUJOCO_GL
 
     raw = raw_env_throughput(args.env, args.num_actors, args.env_steps)
     extra = args.train_flags.split()
@@ -51,12 +43,8 @@ def main() -> None:
     print(f"PolyBeast / MonoBeast: {poly['sps'] / mono['sps']:.2f}")
     result = dict(env=args.env, num_actors=args.num_actors, train_flags=args.train_flags, raw_steps_per_s=raw,
                   monobeast_sps=mono["sps"], polybeast_sps=poly["sps"], polybeast_over_monobeast=poly["sps"] / mono["sps"],
-                  monobeast_ratio_to_raw=mono["sps"] / raw, polybeast_ratio_to_raw=poly["sps"] / raw,
-                  cpu_count=os.cpu_count(), machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+                  monobeast_ratio_to_raw=mono["sps"] / raw, polybeast_ratio_to_raw=poly["sps"] / raw)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
