@@ -5,7 +5,8 @@
 
 Metrics (one "step" is one env step of one actor, i.e. one 64x64 frame the agent acts on):
 - raw env steps/s: random actions through our `Environment` wrapper (auto-reset, tensors), in
-  1 process and in `--num_actors` processes at once (total over the processes);
+  1 process and in `--num_actors` processes that start stepping together (all their steps over
+  the time from the first start to the last finish);
 - training SPS: env steps learned per second by MonoBeast (`--posemb noisygt`, LSTM, the flags
   below), measured from its logs.csv after the first `--warmup` fraction of the steps, so process
   start-up and env construction are not counted;
@@ -31,8 +32,7 @@ import numpy as np
 from torchbeast.envs.rendering import configure_rendering
 
 
-def _step_env(args: tuple) -> float:
-    env_id, steps, seed = args
+def _step_env(env_id: str, steps: int, seed: int, barrier: object) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from torchbeast.core.environment import Environment, create_env
 
@@ -40,19 +40,28 @@ def _step_env(args: tuple) -> float:
     env.initial()
     rng = np.random.default_rng(seed)
     env.step(0)  # first step compiles/warms caches
-    start = time.perf_counter()
+    barrier.wait()  # all processes step together: a process running alone would be faster
+    start = time.monotonic()
     for _ in range(steps):
         env.step(int(rng.integers(6)))
-    elapsed = time.perf_counter() - start
+    end = time.monotonic()
     env.close()
-    return steps / elapsed
+    return dict(start=start, end=end, steps=steps)
 
 
 def raw_env_throughput(env_id: str, processes: int, steps: int) -> float:
-    """Total env steps/s of `processes` processes stepping at once with random actions."""
-    with mp.get_context("spawn").Pool(processes) as pool:
-        rates = pool.map(_step_env, [(env_id, steps, seed) for seed in range(processes)])
-    return float(sum(rates))
+    """Total env steps/s of `processes` processes stepping at once with random actions.
+
+    The processes build their envs, meet at a barrier, then step; the rate is all their steps
+    over the time from the first start to the last finish (the machine's throughput).
+    """
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(processes)
+        with ctx.Pool(processes) as pool:
+            runs = pool.starmap(_step_env, [(env_id, steps, seed, barrier) for seed in range(processes)])
+    wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
+    return sum(r["steps"] for r in runs) / wall
 
 
 def training_sps(env_id: str, num_actors: int, steps: int, warmup: float, extra: list,

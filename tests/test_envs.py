@@ -116,6 +116,17 @@ def test_rendering_default_follows_gpu(monkeypatch, gpu, expected):
     assert os.environ["MUJOCO_GL"] == expected
 
 
+def test_osmesa_renders_on_the_calling_thread_unless_the_user_says(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    monkeypatch.setattr(rendering.ctypes.util, "find_library", lambda name: f"lib{name}.so")
+    monkeypatch.delenv("LP_NUM_THREADS", raising=False)
+    rendering.configure_rendering()
+    assert os.environ["LP_NUM_THREADS"] == "0"
+    monkeypatch.setenv("LP_NUM_THREADS", "4")
+    rendering.configure_rendering()
+    assert os.environ["LP_NUM_THREADS"] == "4"
+
+
 @pytest.mark.parametrize("backend, package", [("osmesa", "libosmesa6"), ("egl", "libegl1")])
 def test_rendering_missing_library_names_the_package(monkeypatch, backend, package):
     monkeypatch.setenv("MUJOCO_GL", backend)

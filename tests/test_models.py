@@ -46,9 +46,11 @@ def test_posemb_uses_the_right_position():
         assert not torch.allclose(base["baseline"], diff["baseline"])
 
 
-def test_unroll_at_once_equals_step_by_step_with_carried_state():
+@pytest.mark.parametrize("num_lstm_layers", [1, 2])
+def test_unroll_at_once_equals_step_by_step_with_carried_state(num_lstm_layers):
+    """Steps of T=1 take the actors' lstm_cell path; whole unrolls take nn.LSTM's: same numbers."""
     torch.manual_seed(0)
-    model = MemoryAgent(num_actions=6, posemb="gt", hidden_size=16)
+    model = MemoryAgent(num_actions=6, posemb="gt", hidden_size=16, num_lstm_layers=num_lstm_layers)
     T, B = 6, 3
     inputs = make_inputs(T, B)
     inputs["done"][2, 1] = True

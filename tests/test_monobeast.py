@@ -110,6 +110,15 @@ def test_help_explains_every_flag():
         assert flag in proc.stdout, flag
 
 
+def test_default_buffers_leave_every_actor_a_spare_while_a_batch_is_gathered():
+    from torchbeast.core import flags as flags_lib
+
+    parser = flags_lib.make_parser(prog="monobeast", description="")
+    flags = flags_lib.parse_flags(parser, ["--num_actors", "3", "--batch_size", "8"])
+    assert flags.num_buffers == 8 + 2 * 3
+    assert flags_lib.parse_flags(parser, ["--num_actors", "3", "--batch_size", "8", "--num_buffers", "9"]).num_buffers == 9
+
+
 def test_gpu_n_that_does_not_exist(monkeypatch):
     from torchbeast.core.device import select_device
     from torchbeast.errors import ConfigError

@@ -171,6 +171,28 @@ class MemoryAgent(nn.Module):
         shape = (self.core.num_layers, batch_size, self.core.hidden_size)
         return (torch.zeros(shape), torch.zeros(shape))
 
+    def _core_step(self, core_input: torch.Tensor, done: torch.Tensor,
+                   core_state: AgentState) -> Tuple[torch.Tensor, AgentState]:
+        """One LSTM step for `[B, F]` inputs: the actors' per-step path.
+
+        Same result as `self.core` with T=1 (same weights, same gate order), but ~5x cheaper on a
+        CPU at small batches: nn.LSTM's oneDNN kernel pays a set-up cost on every call that a
+        one-step call never earns back.
+        """
+        notdone = (~done).float().view(-1, 1)
+        h_all, c_all = core_state
+        x = core_input
+        hs, cs = [], []
+        for layer in range(self.core.num_layers):
+            h, c = torch.lstm_cell(
+                x, (h_all[layer] * notdone, c_all[layer] * notdone),
+                getattr(self.core, f"weight_ih_l{layer}"), getattr(self.core, f"weight_hh_l{layer}"),
+                getattr(self.core, f"bias_ih_l{layer}"), getattr(self.core, f"bias_hh_l{layer}"))
+            hs.append(h)
+            cs.append(c)
+            x = h
+        return x, (torch.stack(hs), torch.stack(cs))
+
     def forward(
         self,
         inputs: Dict[str, torch.Tensor],
@@ -190,7 +212,9 @@ class MemoryAgent(nn.Module):
         features.append(reward)
         core_input = torch.cat(features, dim=-1)
 
-        if self.core is not None:
+        if self.core is not None and T == 1:
+            core_output, core_state = self._core_step(core_input, inputs["done"].view(B), core_state)
+        elif self.core is not None:
             core_input = core_input.view(T, B, -1)
             done = inputs["done"]
             notdone = (~done).float()

@@ -78,7 +78,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unroll_length", type=int, default=80,
                        help="Steps per rollout; a batch is [unroll_length, batch_size]. (default: %(default)s)")
     group.add_argument("--num_buffers", type=int, default=None,
-                       help="Shared-memory rollout buffers. (default: max(2 * num_actors, batch_size))")
+                       help="Shared-memory rollout buffers (MonoBeast). The default keeps two per actor free while "
+                            "the learner gathers a batch, so actors never wait for it. "
+                            "(default: batch_size + 2 * num_actors)")
     group.add_argument("--num_learner_threads", type=int, default=2,
                        help="Learner threads taking batches in turn. (default: %(default)s)")
     group.add_argument("--discounting", type=float, default=0.99, help="Discount gamma. (default: %(default)s)")
@@ -180,6 +182,6 @@ def validate(flags: argparse.Namespace) -> None:
 def parse_flags(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> argparse.Namespace:
     flags = parser.parse_args(argv)
     if flags.num_buffers is None:
-        flags.num_buffers = max(2 * flags.num_actors, flags.batch_size)
+        flags.num_buffers = flags.batch_size + 2 * flags.num_actors
     validate(flags)
     return flags
