@@ -6,12 +6,15 @@
 Metrics (one "step" is one env step of one actor, i.e. one 64x64 frame the agent acts on):
 - raw env steps/s: random actions through our `Environment` wrapper (auto-reset, tensors), in
   1 process and in `--num_actors` processes that start stepping together (all their steps over
-  the time from the first start to the last finish);
+  the time from the first start to the last finish). "In an episode": `--env_steps` steps from
+  an episode's start, no reset among them. "Whole episodes": `--raw_episodes` whole episodes per
+  process, resets included, which is what a trainer pays over time (a Memory Maze reset builds
+  and compiles a new maze: ~0.9 s in one process here, against ~3 ms per step);
 - training SPS: env steps learned per second by MonoBeast (`--posemb noisygt`, LSTM, the flags
   below), measured from its logs.csv after the first `--warmup` fraction of the steps, so process
   start-up and env construction are not counted;
-- ratio: training SPS / raw steps/s of the same number of processes. The goal is >= 0.8: the
-  learner and the actor-side inference should cost the actors little.
+- ratio: training SPS / raw steps/s of the same number of processes, against both raw rates.
+  The goal is >= 0.8: the learner and the actor-side inference should cost the actors little.
 Prints a table and writes JSON (default benchmarks/results/bench_monobeast.json).
 """
 from __future__ import annotations
@@ -32,11 +35,13 @@ import numpy as np
 from torchbeast.envs.rendering import configure_rendering
 
 
-def _step_env(env_id: str, steps: int, seed: int, barrier: object) -> dict:
+def _step_env(env_id: str, steps: int, episodes: int, seed: int, barrier: object) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from torchbeast.core.environment import Environment, create_env
 
-    env = Environment(create_env(env_id, seed=seed))
+    raw = create_env(env_id, seed=seed)
+    steps = steps or episodes * raw.max_episode_steps  # whole episodes: each ends in an auto-reset
+    env = Environment(raw)
     env.initial()
     rng = np.random.default_rng(seed)
     env.step(0)  # first step compiles/warms caches
@@ -49,17 +54,22 @@ def _step_env(env_id: str, steps: int, seed: int, barrier: object) -> dict:
     return dict(start=start, end=end, steps=steps)
 
 
-def raw_env_throughput(env_id: str, processes: int, steps: int) -> float:
+def raw_env_throughput(env_id: str, processes: int, steps: int = 0, episodes: int = 0) -> float:
     """Total env steps/s of `processes` processes stepping at once with random actions.
 
-    The processes build their envs, meet at a barrier, then step; the rate is all their steps
-    over the time from the first start to the last finish (the machine's throughput).
+    Each process takes `steps` steps from an episode's start (no reset among them: the rate
+    within an episode), or `episodes` whole episodes (their resets included: the rate a trainer
+    can get over time; a Memory Maze reset rebuilds the maze and costs ~0.9 s here). The
+    processes build their envs, meet at a barrier, then step; the rate is all their steps over
+    the time from the first start to the last finish (the machine's throughput).
     """
+    if bool(steps) == bool(episodes):
+        raise ValueError("give steps or episodes")
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(processes)
         with ctx.Pool(processes) as pool:
-            runs = pool.starmap(_step_env, [(env_id, steps, seed, barrier) for seed in range(processes)])
+            runs = pool.starmap(_step_env, [(env_id, steps, episodes, seed, barrier) for seed in range(processes)])
     wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
     return sum(r["steps"] for r in runs) / wall
 
@@ -88,7 +98,8 @@ def training_parser(description: str, out_name: str, env_steps: int, steps: int,
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--env", default="memory_maze:MemoryMaze-9x9-ExtraObs-v0")
     parser.add_argument("--num_actors", type=int, default=2)
-    parser.add_argument("--env_steps", type=int, default=env_steps, help="raw steps per process")
+    parser.add_argument("--env_steps", type=int, default=env_steps, help="raw steps per process within an episode")
+    parser.add_argument("--raw_episodes", type=int, default=1, help="whole episodes per process for the raw rate with resets")
     parser.add_argument("--steps", type=int, default=steps, help="training steps per run")
     parser.add_argument("--warmup", type=float, default=0.25)
     parser.add_argument("--train_flags", default="--batch_size 8 --unroll_length 80", help=train_flags_help)
@@ -111,21 +122,26 @@ def main() -> None:
     args = parser.parse_args()
     configure_rendering()  # the trainers' subprocesses inherit MUJOCO_GL
 
-    raw_1 = raw_env_throughput(args.env, 1, args.env_steps)
-    raw_n = raw_env_throughput(args.env, args.num_actors, args.env_steps)
+    raw_1 = raw_env_throughput(args.env, 1, steps=args.env_steps)
+    raw_n = raw_env_throughput(args.env, args.num_actors, steps=args.env_steps)
+    raw_episodes = raw_env_throughput(args.env, args.num_actors, episodes=args.raw_episodes)
     train = training_sps(args.env, args.num_actors, args.steps, args.warmup, args.train_flags.split())
     rows = [
-        ("raw env, 1 process", raw_1, None),
-        (f"raw env, {args.num_actors} processes", raw_n, None),
-        (f"MonoBeast training, {args.num_actors} actors", train["sps"], train["sps"] / raw_n),
+        ("raw env, 1 process, in an episode", raw_1, None, None),
+        (f"raw env, {args.num_actors} procs, in an episode", raw_n, None, None),
+        (f"raw env, {args.num_actors} procs, whole episodes", raw_episodes, None, None),
+        (f"MonoBeast training, {args.num_actors} actors", train["sps"], train["sps"] / raw_n,
+         train["sps"] / raw_episodes),
     ]
     print(f"\n{args.env}  ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
-    print(f"{'measurement':<36} {'steps/s':>10} {'ratio to raw':>13}")
-    for name, value, ratio in rows:
-        print(f"{name:<36} {value:>10.1f} {'' if ratio is None else f'{ratio:>13.2f}'}")
+    print(f"{'measurement':<38} {'steps/s':>10} {'/in episode':>12} {'/whole eps':>11}")
+    for name, value, ratio, ratio_episodes in rows:
+        ratios = "" if ratio is None else f" {ratio:>12.2f} {ratio_episodes:>11.2f}"
+        print(f"{name:<38} {value:>10.1f}{ratios}")
     result = dict(env=args.env, num_actors=args.num_actors, train_flags=args.train_flags,
-                  raw_steps_per_s_1=raw_1, raw_steps_per_s_n=raw_n, training_sps=train["sps"],
-                  training_wall_s=train["wall_s"], ratio=train["sps"] / raw_n)
+                  raw_steps_per_s_1=raw_1, raw_steps_per_s_n=raw_n, raw_steps_per_s_whole_episodes=raw_episodes,
+                  training_sps=train["sps"], training_wall_s=train["wall_s"], ratio=train["sps"] / raw_n,
+                  ratio_to_whole_episodes=train["sps"] / raw_episodes)
     write_result(args.out, result)
 
 
