@@ -175,9 +175,9 @@ class MemoryAgent(nn.Module):
                    core_state: AgentState) -> Tuple[torch.Tensor, AgentState]:
         """One LSTM step for `[B, F]` inputs: the actors' per-step path.
 
-        Same result as `self.core` with T=1 (same weights, same gate order), but ~3.5x cheaper on a
-        CPU at batch 1 (bench_inference.py): nn.LSTM's oneDNN kernel pays a set-up cost on every call that a
-        one-step call never earns back.
+        Same result as `self.core` with T=1 (same weights, same gate order), but ~3.5x cheaper
+        on a CPU at batch 1 (benchmarks/bench_inference.py): nn.LSTM's oneDNN kernel pays a
+        set-up cost on every call that a one-step call never earns back.
         """
         notdone = (~done).float().view(-1, 1)
         h_all, c_all = core_state
