@@ -184,10 +184,8 @@ class MemoryAgent(nn.Module):
         x = core_input
         hs, cs = [], []
         for layer in range(self.core.num_layers):
-            h, c = torch.lstm_cell(
-                x, (h_all[layer] * notdone, c_all[layer] * notdone),
-                getattr(self.core, f"weight_ih_l{layer}"), getattr(self.core, f"weight_hh_l{layer}"),
-                getattr(self.core, f"bias_ih_l{layer}"), getattr(self.core, f"bias_hh_l{layer}"))
+            # all_weights[layer] is [weight_ih, weight_hh, bias_ih, bias_hh], lstm_cell's order.
+            h, c = torch.lstm_cell(x, (h_all[layer] * notdone, c_all[layer] * notdone), *self.core.all_weights[layer])
             hs.append(h)
             cs.append(c)
             x = h
