@@ -17,14 +17,13 @@ of 0.05 s). Prints a table, writes JSON with the machine and torch version.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
+from bench_monobeast import write_result
 
 from torchbeast.models import MemoryAgent
 
@@ -88,12 +87,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['encoder']:<8} {r['batch']:>5} {r['forward_us']:>11.1f} {r['cold_forward_us']:>9.1f} "
               f"{r['lstm_cell_us']:>13.1f} {r['nn_lstm_us']:>11.1f}")
-    result = dict(rows=rows, torch=torch.__version__, cpu_count=os.cpu_count(), machine=platform.machine(),
-                  time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, dict(rows=rows, torch=torch.__version__))
 
 
 if __name__ == "__main__":
