@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable, List
 
 
 def run_module(module, *args, timeout=600, check=True):
@@ -52,13 +53,26 @@ def assert_no_process_left(session, wait=5.0):
 # The CueMemory learning tests' budget, shared by MonoBeast and PolyBeast. A warmup keeps RMSProp's
 # oversized first updates from killing the small encoder's ReLUs on these flat-colour frames
 # (without it about 1 run in 5 never learned the cue); 150k steps leave room for slow starters.
-# Entropy cost 0.003, not 0.01: 4 of CueMemory's 5 steps have no rewarded action, so the entropy
-# bonus alone drives the policy there to uniform, and with 0.01 that drift spilled over into the
-# choice step: in a third of the MonoBeast runs a learned policy collapsed (return 0.97 -> 0.1-0.5)
-# and had to relearn, and when that happened late the test failed (2 of 29 runs). With 0.003:
-# 8 of 8 runs ended at 0.99, one early dip (measured in session 4; clipping gradients to 10
-# instead did not help: 3 collapses in 12 runs).
+# Entropy cost 0.003, not 0.01: 4 of CueMemory's 5 steps have no rewarded action, and with 0.01
+# a learned policy collapsed (return 0.97 -> 0.1-0.5) in about a third of the runs and had to
+# relearn; with 0.003, 13 of 14 runs ended at 0.99-1.0 with at most one early dip.
 CUE_LEARNING_FLAGS = ["--env", "torchbeast:CueMemory-v0", "--encoder", "small", "--hidden_size", "64",
                       "--batch_size", "8", "--unroll_length", "20", "--total_steps", "150000",
                       "--warmup_steps", "16000", "--entropy_cost", "0.003", "--discounting", "0.9",
-                      "--seed", "1", "--log_interval", "10"]
+                      "--log_interval", "10"]
+CUE_LEARNING_BAR = 0.75  # random play scores 1/6 and the best policy without memory 1/2
+
+
+def learns_the_cue(trained_test_return: Callable[[int], float]) -> List[float]:
+    """Test returns of training runs with seeds 1 and, only if seed 1 misses the bar, 2.
+
+    A run is not repeatable (actor scheduling decides which rollouts make a batch), and about 1
+    run in 15 of a working learner collapses late into the memoryless policy (return ~0.5) and
+    does not recover in the budget (sessions 3-4: 2 of 29 runs with entropy cost 0.01, 1 of 15
+    with 0.003). A second seed brings a working learner's failure rate to ~0.5%; a broken learner
+    fails both.
+    """
+    returns = [trained_test_return(1)]
+    if returns[0] <= CUE_LEARNING_BAR:
+        returns.append(trained_test_return(2))
+    return returns
