@@ -10,11 +10,16 @@ including the server's Python env.step() call and the conversions on both sides.
                DynamicBatcher (maximum_batch_size=N, timeout 1 ms) answered by a Python thread
                with a constant action, and a BatchingQueue of rollouts (unroll 20) drained by
                the main thread: env steps/s over all streams (ActorPool.count()), unix socket.
+  --maze ENV   (optional) one real env, stepped with the same random actions first in this
+               process and then through a `torchbeast.polybeast_env` server over one unix-socket
+               stream: steps/s of both, and the CPU per step of this process against the
+               server's. The difference is what the gRPC path costs a PolyBeast env server.
 Run from the repository root with libtorchbeast importable (`pip install -e .`, or
 PYTHONPATH=<build>/libtorchbeast/python for a cmake build):
     python benchmarks/bench_rpc.py            # ~40 s; writes benchmarks/results/bench_rpc.json
     python benchmarks/bench_rpc.py --quick    # ~10 s, noisier
     python benchmarks/bench_rpc.py --out /tmp/bench_rpc.json
+    python benchmarks/bench_rpc.py --maze memory_maze:MemoryMaze-9x9-ExtraObs-v0   # +~40 s
 """
 
 import argparse
@@ -23,6 +28,8 @@ import multiprocessing
 import os
 import platform
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -119,10 +126,69 @@ def bench_pool(address, streams, seconds):
     return {"streams": streams, "steps": steps, "steps_per_s": steps / elapsed}
 
 
+def _cpu_seconds(pid):
+    """User + system CPU seconds of a process and its direct children (all their threads)."""
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    total = 0.0
+    for process in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def bench_maze_stream(env_id, steps, folder):
+    """One real env in this process, then behind a polybeast_env server: steps/s and CPU ms/step."""
+    from torchbeast.core.environment import create_env
+
+    actions = np.random.default_rng(0).integers(0, 6, 50 + steps)
+    env = create_env(env_id, seed=1)
+    env.reset()
+    for action in actions[:50]:  # Warm up, and keep the timed steps within one episode.
+        env.step(int(action))
+    start, cpu = time.perf_counter(), time.process_time()
+    for action in actions[50:]:
+        env.step(int(action))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    env.close()
+    rows = [{"path": "in process", "steps_per_s": steps / elapsed, "env_cpu_ms_per_step": 1e3 * cpu / steps}]
+
+    server = subprocess.Popen([sys.executable, "-m", "torchbeast.polybeast_env", "--num_servers", "1",
+                               "--pipes_basename", f"unix:{folder}/maze", "--env", env_id, "--seed", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = libtorchbeast.Client(f"unix:{folder}/maze.0")
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client.connect()
+                break
+            except libtorchbeast.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for action in actions[:50]:
+            client.step(np.array(action, np.int64))
+        start, cpu, server_cpu = time.perf_counter(), time.process_time(), _cpu_seconds(server.pid)
+        for action in actions[50:]:
+            client.step(np.array(action, np.int64))
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        server_cpu = _cpu_seconds(server.pid) - server_cpu
+        client.close()
+    finally:
+        server.terminate()
+        server.wait()
+    rows.append({"path": "gRPC stream", "steps_per_s": steps / elapsed, "env_cpu_ms_per_step": 1e3 * server_cpu / steps,
+                 "client_cpu_ms_per_step": 1e3 * cpu / steps})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs: a smoke test")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
+    parser.add_argument("--maze", metavar="ENV_ID", help="also time one real env in process and through a server")
+    parser.add_argument("--maze_steps", type=int, default=800,
+                        help="steps timed each way with --maze, within one episode (default: %(default)s)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 4.0
 
@@ -148,6 +214,15 @@ def main():
                 process.terminate()
                 process.join()
 
+        maze_rows = []
+        if args.maze:
+            print(f"\n{args.maze}, one env:")
+            print(f"{'path':>12} {'steps/s':>9} {'env CPU ms/step':>16} {'client CPU ms/step':>19}")
+            maze_rows = bench_maze_stream(args.maze, args.maze_steps, tmp)
+            for row in maze_rows:
+                client = f"{row['client_cpu_ms_per_step']:.2f}" if "client_cpu_ms_per_step" in row else "-"
+                print(f"{row['path']:>12} {row['steps_per_s']:>9.1f} {row['env_cpu_ms_per_step']:>16.2f} {client:>19}")
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "bench_rpc",
@@ -157,6 +232,7 @@ def main():
         "observation": "uint8 [64, 64, 3]",
         "one_stream": one_stream,
         "actor_pool": pool_rows,
+        "maze": {"env": args.maze, "steps": args.maze_steps, "rows": maze_rows} if args.maze else None,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
