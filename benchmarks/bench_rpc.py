@@ -77,14 +77,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def bench_one_stream(address, seconds):
+def connected_client(address, timeout):
+    """A Client connected to `address`, retrying while the server starts; raises after `timeout` s."""
     client = libtorchbeast.Client(address)
-    for _ in range(50):
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             client.connect()
-            break
+            return client
         except libtorchbeast.RpcError:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.05)
+
+
+def bench_one_stream(address, seconds):
+    client = connected_client(address, timeout=2.5)
     action = np.array(0, np.int64)
     for _ in range(1000):  # Warm up.
         client.step(action)
@@ -141,14 +149,19 @@ def bench_maze_stream(env_id, steps, folder):
     from torchbeast.core.environment import create_env
 
     actions = np.random.default_rng(0).integers(0, 6, 50 + steps)
+
+    def timed_steps(step, server_cpu=lambda: 0.0):
+        """Warm-up steps, then (wall, this process's CPU, the server's CPU) seconds of the timed ones."""
+        for action in actions[:50]:  # Warm up, and keep the timed steps within one episode.
+            step(action)
+        start, cpu, server = time.perf_counter(), time.process_time(), server_cpu()
+        for action in actions[50:]:
+            step(action)
+        return time.perf_counter() - start, time.process_time() - cpu, server_cpu() - server
+
     env = create_env(env_id, seed=1)
     env.reset()
-    for action in actions[:50]:  # Warm up, and keep the timed steps within one episode.
-        env.step(int(action))
-    start, cpu = time.perf_counter(), time.process_time()
-    for action in actions[50:]:
-        env.step(int(action))
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    elapsed, cpu, _ = timed_steps(lambda action: env.step(int(action)))
     env.close()
     rows = [{"path": "in process", "steps_per_s": steps / elapsed, "env_cpu_ms_per_step": 1e3 * cpu / steps}]
 
@@ -156,23 +169,9 @@ def bench_maze_stream(env_id, steps, folder):
                                "--pipes_basename", f"unix:{folder}/maze", "--env", env_id, "--seed", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        client = libtorchbeast.Client(f"unix:{folder}/maze.0")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.connect()
-                break
-            except libtorchbeast.RpcError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        for action in actions[:50]:
-            client.step(np.array(action, np.int64))
-        start, cpu, server_cpu = time.perf_counter(), time.process_time(), _cpu_seconds(server.pid)
-        for action in actions[50:]:
-            client.step(np.array(action, np.int64))
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        server_cpu = _cpu_seconds(server.pid) - server_cpu
+        client = connected_client(f"unix:{folder}/maze.0", timeout=120)
+        elapsed, cpu, server_cpu = timed_steps(lambda action: client.step(np.array(action, np.int64)),
+                                               lambda: _cpu_seconds(server.pid))
         client.close()
     finally:
         server.terminate()
