@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds everything, then runs the C++ tests (ctest) and the Python tests (pytest).
+# Builds everything, checks the style (ruff, clang-format), then runs the C++ tests (ctest) and the
+# Python tests (pytest).
 #   ./test.sh                   everything
 #   ./test.sh tests/test_nest.py -k pack   extra arguments go to pytest
 set -euo pipefail
@@ -8,6 +9,11 @@ export TB_CPP_TESTS=ON
 # shellcheck source=scripts/setup.sh
 . scripts/setup.sh
 tb_setup
+
+echo "[test] style (ruff, clang-format)"
+ruff check --quiet .
+# shellcheck disable=SC2046
+clang-format --dry-run --Werror $(find nest libtorchbeast \( -name '*.cc' -o -name '*.h' \) -print)
 
 build_dir="$(python - <<'PY'
 import glob, os

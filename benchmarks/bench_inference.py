@@ -30,7 +30,9 @@ from torchbeast.models import MemoryAgent
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_inference.json")
 
 
-def best_us(fn: Callable[[], object], rounds: int, min_seconds: float, before: Optional[Callable[[], object]] = None) -> float:
+def best_us(
+    fn: Callable[[], object], rounds: int, min_seconds: float, before: Optional[Callable[[], object]] = None
+) -> float:
     """Best time per call in microseconds over `rounds` rounds; `before` runs untimed before each call."""
     fn()
     best = float("inf")

@@ -93,13 +93,16 @@ def training_sps(env_id: str, num_actors: int, steps: int, warmup: float, extra:
     return dict(sps=sps, wall_s=wall, steps=int(rows[-1]["step"]))
 
 
-def training_parser(description: str, out_name: str, env_steps: int, steps: int, train_flags_help: str) -> argparse.ArgumentParser:
+def training_parser(
+    description: str, out_name: str, env_steps: int, steps: int, train_flags_help: str
+) -> argparse.ArgumentParser:
     """The flags that bench_monobeast.py and bench_train.py share; defaults differ per script."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--env", default="memory_maze:MemoryMaze-9x9-ExtraObs-v0")
     parser.add_argument("--num_actors", type=int, default=2)
     parser.add_argument("--env_steps", type=int, default=env_steps, help="raw steps per process within an episode")
-    parser.add_argument("--raw_episodes", type=int, default=1, help="whole episodes per process for the raw rate with resets")
+    parser.add_argument("--raw_episodes", type=int, default=1,
+                        help="whole episodes per process for the raw rate with resets")
     parser.add_argument("--steps", type=int, default=steps, help="training steps per run")
     parser.add_argument("--warmup", type=float, default=0.25)
     parser.add_argument("--train_flags", default="--batch_size 8 --unroll_length 80", help=train_flags_help)

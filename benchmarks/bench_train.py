@@ -47,7 +47,8 @@ def main() -> None:
     print(f"PolyBeast / MonoBeast: {poly['sps'] / mono['sps']:.2f}")
     result = dict(env=args.env, num_actors=args.num_actors, train_flags=args.train_flags, raw_steps_per_s=raw,
                   raw_steps_per_s_whole_episodes=raw_episodes,
-                  monobeast_sps=mono["sps"], polybeast_sps=poly["sps"], polybeast_over_monobeast=poly["sps"] / mono["sps"],
+                  monobeast_sps=mono["sps"], polybeast_sps=poly["sps"],
+                  polybeast_over_monobeast=poly["sps"] / mono["sps"],
                   monobeast_ratio_to_raw=mono["sps"] / raw, polybeast_ratio_to_raw=poly["sps"] / raw,
                   monobeast_ratio_to_whole_episodes=mono["sps"] / raw_episodes,
                   polybeast_ratio_to_whole_episodes=poly["sps"] / raw_episodes)

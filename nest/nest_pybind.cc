@@ -65,8 +65,7 @@ std::string Describe(PyObject* o) {
     case Kind::kList:
       return "a list of " + std::to_string(PyList_GET_SIZE(o));
     case Kind::kNamedTuple:
-      return std::string("a namedtuple ") + Py_TYPE(o)->tp_name + " of " +
-             std::to_string(PyTuple_GET_SIZE(o));
+      return std::string("a namedtuple ") + Py_TYPE(o)->tp_name + " of " + std::to_string(PyTuple_GET_SIZE(o));
     case Kind::kDict: {
       PyObject* keys = PyDict_Keys(o);
       if (keys == nullptr) {
@@ -108,8 +107,7 @@ std::string Where(const PathStep* step) {
 }
 
 [[noreturn]] void ThrowChanged(const char* func, const char* what, const PathStep* path) {
-  throw std::runtime_error(std::string(func) + ": " + what + " changed size during the call, " +
-                           Where(path));
+  throw std::runtime_error(std::string(func) + ": " + what + " changed size during the call, " + Where(path));
 }
 
 // Turns a new reference (or nullptr with a Python error set) into a py::object.
@@ -145,8 +143,8 @@ class Children {
       for (Py_ssize_t i = 0; i < size_; ++i) {
         PyObject* key = PyList_GET_ITEM(keys_.ptr(), i);
         if (!PyUnicode_Check(key)) {
-          ThrowValueError(func, "dict keys must be strings, got " + Repr(key) + " (" +
-                                    Py_TYPE(key)->tp_name + ") " + Where(path));
+          ThrowValueError(
+              func, "dict keys must be strings, got " + Repr(key) + " (" + Py_TYPE(key)->tp_name + ") " + Where(path));
         }
       }
       if (size_ > 1 && PyList_Sort(keys_.ptr()) < 0) throw py::error_already_set();
@@ -156,9 +154,7 @@ class Children {
   }
 
   Py_ssize_t size() const { return size_; }
-  PyObject* key(Py_ssize_t i) const {
-    return kind_ == Kind::kDict ? PyList_GET_ITEM(keys_.ptr(), i) : nullptr;
-  }
+  PyObject* key(Py_ssize_t i) const { return kind_ == Kind::kDict ? PyList_GET_ITEM(keys_.ptr(), i) : nullptr; }
   PathStep Step(Py_ssize_t i) const { return PathStep{path_, key(i), i}; }
 
   py::object Get(Py_ssize_t i) const {
@@ -179,10 +175,8 @@ class Children {
 
   // Call after the last Get(): a list or dict that grew during the walk is an error too.
   void CheckUnchanged() const {
-    if (kind_ == Kind::kList && PyList_GET_SIZE(node_) != size_)
-      ThrowChanged(func_, "a list", path_);
-    if (kind_ == Kind::kDict && PyDict_GET_SIZE(node_) != size_)
-      ThrowChanged(func_, "a dict", path_);
+    if (kind_ == Kind::kList && PyList_GET_SIZE(node_) != size_) ThrowChanged(func_, "a list", path_);
+    if (kind_ == Kind::kDict && PyDict_GET_SIZE(node_) != size_) ThrowChanged(func_, "a dict", path_);
   }
 
  private:
@@ -289,14 +283,13 @@ bool SameNode(PyObject* first, Kind kind, PyObject* other) {
 // map_many and map_many2: walks nodes[0..k) together, checking at each node that they have
 // the same structure, and calls leaf_fn(leaves, k) where all k are leaves.
 template <typename LeafFn>
-py::object RebuildMany(PyObject* const* nodes, std::size_t k, const PathStep* path,
-                       const char* func, LeafFn& leaf_fn) {
+py::object RebuildMany(PyObject* const* nodes, std::size_t k, const PathStep* path, const char* func, LeafFn& leaf_fn) {
   PyObject* first = nodes[0];
   const Kind kind = KindOf(first);
   for (std::size_t j = 1; j < k; ++j) {
     if (!SameNode(first, kind, nodes[j])) {
-      ThrowValueError(func, "nests differ " + Where(path) + ": nest 0 has " + Describe(first) +
-                                ", nest " + std::to_string(j) + " has " + Describe(nodes[j]));
+      ThrowValueError(func, "nests differ " + Where(path) + ": nest 0 has " + Describe(first) + ", nest " +
+                                std::to_string(j) + " has " + Describe(nodes[j]));
     }
   }
   if (kind == Kind::kLeaf) return leaf_fn(nodes, k);
@@ -313,9 +306,8 @@ py::object RebuildMany(PyObject* const* nodes, std::size_t k, const PathStep* pa
         PyObject* value = PyDict_GetItemWithError(nodes[j], children.key(i));
         if (value == nullptr) {
           if (PyErr_Occurred()) throw py::error_already_set();
-          ThrowValueError(func, "nests differ " + Where(path) + ": nest 0 has " +
-                                    Describe(first) + ", nest " + std::to_string(j) + " has " +
-                                    Describe(nodes[j]));
+          ThrowValueError(func, "nests differ " + Where(path) + ": nest 0 has " + Describe(first) + ", nest " +
+                                    std::to_string(j) + " has " + Describe(nodes[j]));
         }
         others[j] = py::reinterpret_borrow<py::object>(value);
       } else if (kind == Kind::kList) {
@@ -330,10 +322,8 @@ py::object RebuildMany(PyObject* const* nodes, std::size_t k, const PathStep* pa
   }
   children.CheckUnchanged();
   for (std::size_t j = 1; j < k; ++j) {
-    if (kind == Kind::kList && PyList_GET_SIZE(nodes[j]) != children.size())
-      ThrowChanged(func, "a list", path);
-    if (kind == Kind::kDict && PyDict_GET_SIZE(nodes[j]) != children.size())
-      ThrowChanged(func, "a dict", path);
+    if (kind == Kind::kList && PyList_GET_SIZE(nodes[j]) != children.size()) ThrowChanged(func, "a list", path);
+    if (kind == Kind::kDict && PyDict_GET_SIZE(nodes[j]) != children.size()) ThrowChanged(func, "a dict", path);
   }
   return Finish(first, kind, std::move(out));
 }
@@ -377,13 +367,12 @@ py::list Flatten(py::handle nest) {
 
 py::object PackAs(py::handle nest, py::handle flat) {
   const char* func = "nest.pack_as";
-  const py::object seq =
-      Steal(PySequence_Fast(flat.ptr(), "nest.pack_as: flat must be a sequence"));
+  const py::object seq = Steal(PySequence_Fast(flat.ptr(), "nest.pack_as: flat must be a sequence"));
   Py_ssize_t index = 0;
   auto wrong_count = [&]() {
     const Py_ssize_t given = PySequence_Fast_GET_SIZE(seq.ptr());
-    ThrowValueError(func, "the structure has " + std::to_string(CountLeaves(nest.ptr(), func)) +
-                              " leaves, but " + std::to_string(given) + " values were given");
+    ThrowValueError(func, "the structure has " + std::to_string(CountLeaves(nest.ptr(), func)) + " leaves, but " +
+                              std::to_string(given) + " values were given");
   };
   auto next = [&](PyObject*) {
     if (index >= PySequence_Fast_GET_SIZE(seq.ptr())) wrong_count();
@@ -400,8 +389,7 @@ py::object Front(py::handle nest) {
     first = py::reinterpret_borrow<py::object>(leaf);
     return true;
   };
-  if (!Visit(nest.ptr(), nullptr, "nest.front", take))
-    throw py::value_error("nest.front: the nest has no leaves");
+  if (!Visit(nest.ptr(), nullptr, "nest.front", take)) throw py::value_error("nest.front: the nest has no leaves");
   return first;
 }
 

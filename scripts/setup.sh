@@ -12,8 +12,8 @@ TB_EXTRAS="${TB_EXTRAS:-test}"
 TB_CPP_TESTS="${TB_CPP_TESTS:-ON}"
 
 # Debian/Ubuntu packages: compilers, gRPC/protobuf/GoogleTest for the C++ core, headless GL for
-# MuJoCo (EGL on GPUs, OSMesa on CPUs), ffmpeg for videos.
-TB_APT_PACKAGES="build-essential cmake ninja-build pkg-config python3-venv python3-dev
+# MuJoCo (EGL on GPUs, OSMesa on CPUs), ffmpeg for videos, clang-format for ./test.sh's style check.
+TB_APT_PACKAGES="build-essential cmake ninja-build pkg-config python3-venv python3-dev clang-format
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libgtest-dev
   libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 ffmpeg"
 

@@ -17,26 +17,53 @@ def run_module(module, *args, timeout=600, check=True):
     return proc
 
 
-def interrupt_after_first_progress_line(module, *args, timeout=120):
-    """Starts a run in its own session, sends SIGINT to the whole group (as Ctrl-C does) once it
-    prints its first progress line past step 0, and returns (Popen, output)."""
+def start_until_first_progress_line(module, *args, timeout=120):
+    """Starts a run in its own session and reads its output until its first progress line past
+    step 0 (or `timeout` seconds); returns (Popen, the lines read)."""
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    lines = []
     try:
-        deadline = time.monotonic() + timeout
-        lines = []
         for line in proc.stdout:
             lines.append(line)
             learned = line.startswith("step") and line.split()[1] != "0"  # a progress line after an update
             if learned or time.monotonic() > deadline:
                 break
-        os.killpg(proc.pid, signal.SIGINT)
-        output = "".join(lines) + proc.communicate(timeout=60)[0]
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc, lines
+
+
+def interrupt_after_first_progress_line(module, *args, timeout=120):
+    """Sends SIGINT to the whole group (as Ctrl-C does) once the run prints its first progress
+    line past step 0; returns (Popen, output)."""
+    proc, lines = start_until_first_progress_line(module, *args, timeout=timeout)
+    return proc, finish(proc, lines, lambda: os.killpg(proc.pid, signal.SIGINT))
+
+
+def kill_a_child_after_first_progress_line(module, *args, timeout=120):
+    """SIGKILLs one child process of the run (an actor or env server: the multiprocessing
+    children other than its resource tracker) once it prints its first progress line past
+    step 0; returns (Popen, output, the killed pid)."""
+    import psutil
+
+    proc, lines = start_until_first_progress_line(module, *args, timeout=timeout)
+    children = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    victim = children[-1].pid
+    return proc, finish(proc, lines, lambda: os.kill(victim, signal.SIGKILL)), victim
+
+
+def finish(proc, lines, action):
+    """Does `action` to a run started by start_until_first_progress_line and returns its whole output."""
+    try:
+        action()
+        return "".join(lines) + proc.communicate(timeout=60)[0]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    return proc, output
 
 
 def assert_no_process_left(session, wait=5.0):

@@ -1,18 +1,17 @@
 """Targets of one update: clipping, terminal vs truncated steps."""
-import argparse
-
 import torch
 
-from torchbeast.core.learner import learn_step, make_optimizer, rewards_and_discounts
+from torchbeast.core.learner import UpdateConfig, learn_step, make_optimizer, rewards_and_discounts
+from torchbeast.envs.memory_maze import NUM_ACTIONS
 from torchbeast.models import MemoryAgent
 
 
 def flags(**overrides):
     values = dict(discounting=0.9, reward_clipping="abs_one", baseline_cost=0.5, entropy_cost=0.01,
                   grad_norm_clipping=40.0, learning_rate=1e-3, momentum=0.0, epsilon=0.01, alpha=0.99,
-                  unroll_length=3, batch_size=1, total_steps=300, warmup_steps=0)
+                  steps_per_update=3, total_steps=300, warmup_steps=0)
     values.update(overrides)
-    return argparse.Namespace(**values)
+    return UpdateConfig(**values)
 
 
 def test_terminal_cuts_and_truncation_bootstraps():
@@ -34,8 +33,8 @@ def test_terminal_cuts_and_truncation_bootstraps():
 def test_learn_step_moves_the_baseline_towards_the_return():
     torch.manual_seed(0)
     T, B = 3, 2
-    model = MemoryAgent(num_actions=6, encoder="small", hidden_size=16)
-    f = flags(batch_size=B, learning_rate=5e-3, entropy_cost=0.0)
+    model = MemoryAgent(num_actions=NUM_ACTIONS, encoder="small", hidden_size=16)
+    f = flags(steps_per_update=T * B, learning_rate=5e-3, entropy_cost=0.0)
     optimizer, scheduler = make_optimizer(f, model)
     batch = dict(
         frame=torch.zeros(T + 1, B, 3, 64, 64, dtype=torch.uint8),
@@ -62,8 +61,8 @@ def test_learn_step_moves_the_baseline_towards_the_return():
 
 
 def test_warmup_raises_the_learning_rate_linearly_then_it_decays():
-    model = MemoryAgent(num_actions=6, encoder="small", hidden_size=16)
-    f = flags(learning_rate=1.0, unroll_length=10, batch_size=1, total_steps=1000, warmup_steps=40)
+    model = MemoryAgent(num_actions=NUM_ACTIONS, encoder="small", hidden_size=16)
+    f = flags(learning_rate=1.0, steps_per_update=10, total_steps=1000, warmup_steps=40)
     optimizer, scheduler = make_optimizer(f, model)
     rates = []
     for _ in range(8):

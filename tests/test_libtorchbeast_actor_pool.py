@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from libtorchbeast import ActorPool, BatchingQueue, DynamicBatcher, EnvError, Server
+from libtorchbeast import ROLLOUT_STEP_KEYS, STEP_INPUT_KEYS, ActorPool, BatchingQueue, DynamicBatcher, EnvError, Server
 
 UNROLL = 5
 EPISODE = 7
@@ -38,7 +38,8 @@ class ToyEnv:
 
 
 def model_thread(batcher, hidden=4):
-    """Action = 1, baseline = episode_step, agent_state = agent_state + 1."""
+    """Action = 1, baseline = episode_step, truncation_value = the frame value of
+    final_observation, agent_state = agent_state + 1."""
 
     def loop():
         for batch in batcher:
@@ -47,6 +48,7 @@ def model_thread(batcher, hidden=4):
             batch.set_outputs({
                 "action": np.ones((1, b), np.int64),
                 "baseline": x["episode_step"].astype(np.float32),
+                "truncation_value": x["final_observation"]["frame"][:, :, 0, 0].astype(np.float32),
                 "policy_logits": np.zeros((1, b, 6), np.float32),
                 "agent_state": (x["agent_state"][0] + 1,),
             })
@@ -112,7 +114,7 @@ def check_rollouts(items, batch_size):
                     "action", "baseline", "truncation_value"]:
             assert rollout[key].shape == (UNROLL + 1, batch_size), key
         assert rollout["policy_logits"].shape == (UNROLL + 1, batch_size, 6)
-        assert "agent_state" not in rollout
+        assert set(rollout) == set(ROLLOUT_STEP_KEYS) | {"action", "baseline", "truncation_value", "policy_logits"}
         assert rollout["done"].dtype == np.bool_ and rollout["episode_step"].dtype == np.int32
         assert item["initial_agent_state"][0].shape == (1, batch_size, 4)
         for b in range(batch_size):
@@ -122,17 +124,18 @@ def check_rollouts(items, batch_size):
                 rollout["observation"]["frame"][:, b, 0, 0],
                 float(item["initial_agent_state"][0][0, b, 0]),
             ))
-    for env_id, rollouts in by_env.items():
+    for rollouts in by_env.values():
         for k, (r, frames, state) in enumerate(rollouts):
             steps = k * UNROLL + np.arange(UNROLL + 1)  # Steps since the stream started.
             np.testing.assert_array_equal(frames, steps % EPISODE)
             np.testing.assert_array_equal(r["done"], steps % EPISODE == 0)
             np.testing.assert_array_equal(r["truncated"], (steps % EPISODE == 0) & (steps > 0))
             ended = steps % EPISODE == 0
-            np.testing.assert_array_equal(r["episode_step"], np.where(ended, np.where(steps > 0, EPISODE, 0), steps % EPISODE))
+            episode_step = np.where(ended, np.where(steps > 0, EPISODE, 0), steps % EPISODE)
+            np.testing.assert_array_equal(r["episode_step"], episode_step)
             np.testing.assert_array_equal(r["last_action"], np.where(steps == 0, 0, 1))
             np.testing.assert_array_equal(r["baseline"], r["episode_step"])
-            # Truncated steps: the model's baseline on the final observation (episode_step 7).
+            # Truncated steps: the model's value of the final observation (frame 7), zeros elsewhere.
             assert r["truncation_value"].dtype == np.float32
             np.testing.assert_array_equal(r["truncation_value"], np.where(r["truncated"], EPISODE, 0))
             assert state == k * UNROLL  # The state went up by one per step.
@@ -207,7 +210,8 @@ def test_survives_a_server_that_goes_away(tmp_path):
     assert harness.error is None
 
 
-def test_bad_model_outputs_are_raised_by_run(tmp_path):
+@pytest.mark.parametrize("name", ["reward", "final_observation"])
+def test_bad_model_outputs_are_raised_by_run(tmp_path, name):
     addresses = [f"unix:{tmp_path}/env"]
     servers = start_servers(addresses)
     queue = BatchingQueue(batch_dim=1)
@@ -215,13 +219,13 @@ def test_bad_model_outputs_are_raised_by_run(tmp_path):
 
     def model():
         for batch in batcher:
-            batch.set_outputs({"reward": batch.get_inputs()["reward"], "action": batch.get_inputs()["last_action"]})
+            batch.set_outputs({name: batch.get_inputs()["reward"], "action": batch.get_inputs()["last_action"]})
 
     thread = threading.Thread(target=model)
     thread.start()
     pool = ActorPool(unroll_length=2, learner_queue=queue, inference_batcher=batcher,
                      env_server_addresses=addresses)
-    with pytest.raises(ValueError, match="'reward' has the name of an actor input"):
+    with pytest.raises(ValueError, match=f"'{name}' has the name of an actor input"):
         pool.run()
     batcher.close()
     thread.join(timeout=5)
@@ -251,21 +255,22 @@ class TimeLimitEnv:
         return self.obs(), float(action), False, self.t == K, {}
 
 
-def value_model_thread(batcher, final_calls, baseline_key="baseline"):
-    """action = t + 1, baseline = 10 * t + total (10 * K + total on a final observation), state + 1.
-    Appends the inputs of each call on a final observation (t == K) to `final_calls`."""
+def value_model_thread(batcher, calls):
+    """action = t + 1, baseline = 10 * t + total of the observation, truncation_value = the same of
+    final_observation (0 for zeros), state + 1. Appends each caller's inputs to `calls`."""
 
     def loop():
         for batch in batcher:
             x = batch.get_inputs()
-            obs = x["observation"]
-            for b in np.flatnonzero(obs["t"][0] == K):
-                final_calls.append({key: x[key][0, b] for key in
-                                    ["done", "truncated", "reward", "episode_step", "episode_return", "last_action"]}
-                                   | {"total": obs["total"][0, b], "state": x["agent_state"][0][0, b, 0]})
+            obs, final = x["observation"], x["final_observation"]
+            for b in range(x["reward"].shape[1]):
+                calls.append({"keys": set(x), "truncated": x["truncated"][0, b], "total": obs["total"][0, b],
+                              "id": obs["id"][0, b], "final": {k: v[0, b] for k, v in final.items()},
+                              "final_dtypes": {k: v.dtype for k, v in final.items()}})
             batch.set_outputs({
                 "action": (obs["t"] + 1).astype(np.int64),
-                baseline_key: (10 * obs["t"] + obs["total"]).astype(np.float32),
+                "baseline": (10 * obs["t"] + obs["total"]).astype(np.float32),
+                "truncation_value": (10 * final["t"] + final["total"]).astype(np.float32),
                 "agent_state": (x["agent_state"][0] + 1,),
             })
 
@@ -274,31 +279,49 @@ def value_model_thread(batcher, final_calls, baseline_key="baseline"):
     return thread
 
 
-def test_truncated_steps_bootstrap_from_the_final_observation(tmp_path):
+def run_time_limit_envs(tmp_path, num_items):
+    """Rollouts from two TimeLimitEnv servers, and the inputs of every model call."""
     addresses = [f"unix:{tmp_path}/env-{i}" for i in range(2)]
     servers = [Server(lambda i=i: TimeLimitEnv(i), address) for i, address in enumerate(addresses)]
     for server in servers:
         server.start()
     queue = BatchingQueue(batch_dim=1, minimum_batch_size=1, maximum_batch_size=1, maximum_queue_size=8)
     batcher = DynamicBatcher(batch_dim=1, maximum_batch_size=4, timeout_ms=1)
-    final_calls = []
-    model = value_model_thread(batcher, final_calls)
+    calls = []
+    model = value_model_thread(batcher, calls)
     pool = ActorPool(unroll_length=UNROLL, learner_queue=queue, inference_batcher=batcher,
                      env_server_addresses=addresses, initial_agent_state=(np.zeros((1, 1, 1), np.float32),))
     runner = threading.Thread(target=pool.run)
     runner.start()
-    items = [queue.dequeue_many() for _ in range(10)]
+    items = [queue.dequeue_many() for _ in range(num_items)]
     queue.close()
     batcher.close()
     runner.join(timeout=10)
     model.join(timeout=10)
     for server in servers:
         server.stop()
+    return items, calls
 
+
+def test_the_model_gets_the_final_observation_on_truncated_steps_and_zeros_otherwise(tmp_path):
+    _, calls = run_time_limit_envs(tmp_path, num_items=6)
+    assert sum(call["truncated"] for call in calls) >= 4
+    for call in calls:
+        assert call["keys"] == set(STEP_INPUT_KEYS)
+        assert call["final_dtypes"] == {"t": np.int32, "total": np.int32, "id": np.int32}
+        if call["truncated"]:  # The cut episode's last observation: t = K, the same total and id.
+            assert call["final"] == {"t": K, "total": call["total"], "id": call["id"]}
+        else:
+            assert call["final"] == {"t": 0, "total": 0, "id": 0}
+
+
+def test_rollouts_keep_the_truncation_value_beside_its_step(tmp_path):
+    items, _ = run_time_limit_envs(tmp_path, num_items=10)
     rollouts_per_env = collections.Counter()
     truncated_steps = 0
     for item in items:
         r = item["rollout"]
+        assert set(r) == set(ROLLOUT_STEP_KEYS) | {"action", "baseline", "truncation_value"}
         k = rollouts_per_env[int(r["observation"]["id"][0, 0])]
         rollouts_per_env[int(r["observation"]["id"][0, 0])] += 1
         total = r["observation"]["total"][:, 0]
@@ -309,59 +332,27 @@ def test_truncated_steps_bootstrap_from_the_final_observation(tmp_path):
         # V(final observation) = 10 * K + total on cut steps; the step's own baseline stays V(reset obs).
         np.testing.assert_array_equal(r["truncation_value"][:, 0], np.where(cut, 10 * K + total, 0))
         np.testing.assert_array_equal(r["baseline"][:, 0], 10 * r["observation"]["t"][:, 0] + total)
-        assert item["initial_agent_state"][0][0, 0, 0] == k * UNROLL  # The extra calls' states were dropped.
+        assert item["initial_agent_state"][0][0, 0, 0] == k * UNROLL  # One model call per step.
         truncated_steps += int(cut[1:].sum())
     assert truncated_steps >= 5
 
-    # The extra calls saw the cut episode's last transition: actions 1..K gave rewards 1..K.
-    assert len(final_calls) >= truncated_steps
-    for call in final_calls:
-        assert not call["done"] and not call["truncated"]
-        assert (call["reward"], call["last_action"], call["episode_step"]) == (K, K, K)
-        assert call["episode_return"] == K * (K + 1) / 2
-        assert call["state"] == call["total"]  # The actor's state: one increment per ordinary step.
+
+def test_the_key_constants():
+    assert STEP_INPUT_KEYS == ("observation", "reward", "done", "truncated", "episode_step", "episode_return",
+                               "last_action", "final_observation", "agent_state")
+    assert ROLLOUT_STEP_KEYS == STEP_INPUT_KEYS[:7]
 
 
-@pytest.mark.parametrize(
-    "baseline_key, truncation_value_key, message",
-    [
-        ("value", "baseline", "truncation_value_key 'baseline' is not among the model's outputs"),
-        ("truncation_value", "truncation_value", "'truncation_value' has the name of the rollout entry"),
-        ("value", None, None),
-    ],
-)
-def test_truncation_value_key(tmp_path, baseline_key, truncation_value_key, message):
-    server = Server(lambda: TimeLimitEnv(0), f"unix:{tmp_path}/env")
-    server.start()
-    queue = BatchingQueue(batch_dim=1, minimum_batch_size=1, maximum_batch_size=1, maximum_queue_size=100)
-    batcher = DynamicBatcher(batch_dim=1)
-    final_calls = []
-    model = value_model_thread(batcher, final_calls, baseline_key)
-    pool = ActorPool(unroll_length=2, learner_queue=queue, inference_batcher=batcher,
-                     env_server_addresses=[server.address], initial_agent_state=(np.zeros((1, 1, 1), np.float32),),
-                     truncation_value_key=truncation_value_key)
-    if message is None:  # Turned off: no extra calls, no rollout entry.
-        runner = threading.Thread(target=pool.run)
-        runner.start()
-        items = [queue.dequeue_many() for _ in range(4)]
-        queue.close()
-        runner.join(timeout=10)
-        assert all("truncation_value" not in item["rollout"] for item in items)
-        assert final_calls == []
-    else:
-        with pytest.raises(ValueError, match=message):
-            pool.run()
-    batcher.close()
-    model.join(timeout=10)
-    server.stop()
-
-
-def test_stop_without_servers(tmp_path):
+def test_stop_without_servers(tmp_path, capfd):
+    address = f"unix:{tmp_path}/nobody"
     pool = ActorPool(unroll_length=2, learner_queue=BatchingQueue(), inference_batcher=DynamicBatcher(),
-                     env_server_addresses=[f"unix:{tmp_path}/nobody"])
-    threading.Timer(0.2, pool.stop).start()
+                     env_server_addresses=[address])
+    threading.Timer(0.5, pool.stop).start()
     pool.run()  # Retries until stopped.
     assert pool.count() == 0
+    log = capfd.readouterr().err
+    assert log.count(f"actor 0: waiting for env server {address} (not reachable yet: ") == 1, log  # Not per retry.
+    assert "reconnect" not in log
 
 
 @pytest.mark.parametrize(
@@ -371,7 +362,6 @@ def test_stop_without_servers(tmp_path):
         ({"env_server_addresses": []}, "no env server addresses"),
         ({"initial_agent_state": np.zeros((1, 3))}, "size 1 at dim 1"),
         ({"initial_action": np.zeros(1)}, r"leading dims \[1, 1\]"),
-        ({"truncation_value_key": ""}, "truncation_value_key"),
     ],
 )
 def test_invalid_arguments(kwargs, message):

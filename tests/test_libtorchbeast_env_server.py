@@ -6,7 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from libtorchbeast import Client, EnvError, RpcError, Server
+from libtorchbeast import _C, Client, EnvError, RpcError, Server
+from torchbeast.core.episodes import RECORD_KEYS
 
 
 class CountingEnv:
@@ -41,8 +42,8 @@ class CountingEnv:
 def serve(tmp_path):
     servers = []
 
-    def start(factory, address=None):
-        server = Server(factory, address or f"unix:{tmp_path}/env-{len(servers)}")
+    def start(factory, address=None, server_class=Server):
+        server = server_class(factory, address or f"unix:{tmp_path}/env-{len(servers)}")
         server.start()
         servers.append(server)
         return server
@@ -223,3 +224,111 @@ def test_run_returns_after_stop(tmp_path):
 def test_bind_failure(tmp_path):
     with pytest.raises(RuntimeError, match="cannot listen"):
         Server(CountingEnv, f"unix:{tmp_path}/no/such/dir/env").run()
+
+
+# The C++ server under libtorchbeast.Server: a transport of step records.
+
+
+def record(frame_value, **fields):
+    out = dict(observation={"frame": np.full((2, 3), frame_value, np.uint8)}, reward=0.0, done=False,
+               truncated=False, episode_step=0, episode_return=0.0, final_observation=None)
+    out.update(fields)
+    return out
+
+
+class ScriptedStream:
+    """Returns `records` in turn (the first from initial()), whatever the actions."""
+
+    closed = 0
+
+    def __init__(self, records):
+        self.records = iter(records)
+
+    def initial(self):
+        return next(self.records)
+
+    def step(self, action):
+        return next(self.records)
+
+    def close(self):
+        ScriptedStream.closed += 1
+
+
+def test_records_arrive_as_they_are(serve):
+    records = [
+        record(7, reward=0.5, episode_step=3, episode_return=1.5),  # A first record without done.
+        record(1, reward=-2.25, episode_step=np.int64(4), episode_return=np.float32(-0.75), done=np.bool_(False)),
+        record(0, reward=1, done=True, truncated=True, episode_step=5, episode_return=0.25,
+               final_observation={"frame": np.full((2, 3), 9, np.uint8), "extra": np.ones(2)}),
+        record(2, done=True, episode_step=-1, episode_return=1e6),
+    ]
+    before = ScriptedStream.closed
+    server = serve(lambda: ScriptedStream(records), server_class=_C.Server)
+    client = Client(server.address)
+    received = [client.connect()] + [client.step(0) for _ in records[1:]]
+    client.close()
+    server.stop()
+    for sent, got in zip(records, received):
+        assert set(got) == set(RECORD_KEYS)
+        np.testing.assert_array_equal(got["observation"]["frame"], sent["observation"]["frame"])
+        for key in ["reward", "done", "truncated", "episode_step", "episode_return"]:
+            assert got[key] == sent[key], key
+        if sent["final_observation"] is None:
+            assert got["final_observation"] is None
+        else:
+            assert set(got["final_observation"]) == {"frame", "extra"}
+            np.testing.assert_array_equal(got["final_observation"]["frame"], sent["final_observation"]["frame"])
+            np.testing.assert_array_equal(got["final_observation"]["extra"], [1.0, 1.0])
+    assert ScriptedStream.closed == before + 1
+
+
+def without(key):
+    bad = record(0)
+    del bad[key]
+    return bad
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([1, 2], r"expected a dict, got \[1, 2\]"),
+        (without("reward"), "no 'reward'"),
+        (without("final_observation"), "no 'final_observation'"),
+        (dict(record(0), info={}), "unexpected key 'info'"),
+        (record(0, reward="1.0"), "'reward' must be a real number, got str"),
+        (record(0, reward=True), "'reward' must be a real number, got bool"),
+        (record(0, done=1), "'done' must be a bool, got int"),
+        (record(0, truncated=None), "'truncated' must be a bool, got NoneType"),
+        (record(0, episode_step=1.0), "'episode_step' must be an int, got float"),
+        (record(0, episode_step=2**31), "'episode_step' does not fit int32: 2147483648"),
+        (record(0, episode_return=[1.0]), "'episode_return' must be a real number, got list"),
+        (record(0, observation=np.array(["text"])), r"'observation': unsupported array dtype <U4"),
+        (record(0, final_observation=record(1)["observation"]), "'final_observation' must be None unless 'truncated'"),
+        (record(0, done=True, truncated=True), "'truncated' is True but 'final_observation' is None"),
+        (record(0, truncated=True, final_observation=record(1)["observation"]),
+         "'truncated' is True but 'done' is False"),
+    ],
+)
+def test_bad_records_are_env_errors(serve, bad, message):
+    client = Client(serve(lambda: ScriptedStream([record(0), bad]), server_class=_C.Server).address)
+    client.connect()
+    with pytest.raises(EnvError, match=r"stream\.step\(\) returned a bad record: " + message):
+        client.step(0)
+
+
+def test_stream_errors_name_the_call_unless_they_are_env_errors(serve):
+    class Failing(ScriptedStream):
+        def step(self, action):
+            if action == 1:
+                raise EnvError("worded by the stream")
+            raise KeyError("missing")
+
+    client = Client(serve(lambda: Failing([record(0)]), server_class=_C.Server).address)
+    client.connect()
+    with pytest.raises(EnvError, match=r"^stream\.step\(\) raised KeyError: 'missing'"):
+        client.step(0)
+    client.connect()
+    with pytest.raises(EnvError, match=r"^worded by the stream \(env server "):
+        client.step(1)
+    with pytest.raises(EnvError, match=r"stream_factory\(\) raised ZeroDivisionError"):
+        Client(serve(lambda: 1 / 0, server_class=_C.Server).address).connect()

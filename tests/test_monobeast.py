@@ -3,11 +3,19 @@ and a learning test on the CueMemory task that fails when learning is broken."""
 import csv
 import json
 import os
+import re
 
 import pytest
 import torch
-from cli import (CUE_LEARNING_BAR, CUE_LEARNING_FLAGS, assert_no_process_left, interrupt_after_first_progress_line,
-                 learns_the_cue, run_module)
+from cli import (
+    CUE_LEARNING_BAR,
+    CUE_LEARNING_FLAGS,
+    assert_no_process_left,
+    interrupt_after_first_progress_line,
+    kill_a_child_after_first_progress_line,
+    learns_the_cue,
+    run_module,
+)
 
 from torchbeast.core.checkpoint import load_checkpoint
 
@@ -69,7 +77,7 @@ def test_train_resume_test_cycle_writes_every_output(tmp_path):
 def test_record_flag_spellings(record):
     from torchbeast.core import flags as flags_lib
 
-    parser = flags_lib.make_parser("x", "y")
+    parser = flags_lib.FlagParser("x", "y", flags_lib.MONOBEAST)
     parsed = parser.parse_args(["--env", CUE, *record])
     assert parsed.record is (record[-1] != "false")
 
@@ -107,17 +115,18 @@ def test_help_explains_every_flag():
                  "--entropy_cost", "--batch_size", "--unroll_length", "--learning_rate", "--epsilon", "--gpu_n",
                  "--savedir", "--xpid", "--total_steps", "--num_buffers", "--num_learner_threads",
                  "--disable_cuda", "--use_lstm", "--no_lstm", "--baseline_cost", "--reward_clipping", "--alpha",
-                 "--momentum", "--grad_norm_clipping", "--seed", "--test_episodes", "--checkpoint", "--warmup_steps", "--num_threads"):
+                 "--momentum", "--grad_norm_clipping", "--seed", "--test_episodes", "--checkpoint", "--warmup_steps",
+                 "--num_threads"):
         assert flag in proc.stdout, flag
 
 
 def test_default_buffers_leave_every_actor_a_spare_while_a_batch_is_gathered():
     from torchbeast.core import flags as flags_lib
 
-    parser = flags_lib.make_parser(prog="monobeast", description="")
-    flags = flags_lib.parse_flags(parser, ["--num_actors", "3", "--batch_size", "8"])
+    parser = flags_lib.FlagParser("monobeast", "", flags_lib.MONOBEAST)
+    flags = parser.parse_flags(["--num_actors", "3", "--batch_size", "8"])
     assert flags.num_buffers == 8 + 2 * 3
-    assert flags_lib.parse_flags(parser, ["--num_actors", "3", "--batch_size", "8", "--num_buffers", "9"]).num_buffers == 9
+    assert parser.parse_flags(["--num_actors", "3", "--batch_size", "8", "--num_buffers", "9"]).num_buffers == 9
 
 
 def test_gpu_n_that_does_not_exist(monkeypatch):
@@ -189,6 +198,18 @@ def test_ctrl_c_saves_and_leaves_no_process(tmp_path):
     assert proc.returncode == 0, output
     assert "Traceback" not in output
     assert load_checkpoint(str(tmp_path / "int" / "model.tar"))["step"] > 0
+    assert_no_process_left(proc.pid)
+
+
+def test_a_killed_actor_stops_the_run_with_one_line_naming_it(tmp_path):
+    proc, output, pid = kill_a_child_after_first_progress_line(
+        "torchbeast.monobeast", "--env", CUE, "--total_steps", 100_000_000, "--savedir", tmp_path, "--xpid", "kill",
+        *FAST)
+    assert proc.returncode == 1, output
+    last_line = output.rstrip().splitlines()[-1]
+    assert re.fullmatch(rf"monobeast: error: actor \d \(pid {pid}\) exited with code -9 \(SIGKILL\)", last_line), output
+    assert "Traceback" not in output
+    assert load_checkpoint(str(tmp_path / "kill" / "model.tar"))["step"] > 0
     assert_no_process_left(proc.pid)
 
 

@@ -4,14 +4,22 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 
 import pytest
-from cli import (CUE_LEARNING_BAR, CUE_LEARNING_FLAGS, assert_no_process_left, interrupt_after_first_progress_line,
-                 learns_the_cue, run_module)
+from cli import (
+    CUE_LEARNING_BAR,
+    CUE_LEARNING_FLAGS,
+    assert_no_process_left,
+    interrupt_after_first_progress_line,
+    kill_a_child_after_first_progress_line,
+    learns_the_cue,
+    run_module,
+)
 
 from torchbeast.core.checkpoint import load_checkpoint
 
@@ -129,3 +137,18 @@ def test_interrupt_stops_everything_and_saves(tmp_path):
     assert proc.returncode == 0, output
     assert load_checkpoint(str(tmp_path / "int" / "model.tar"))["step"] > 0
     assert_no_process_left(proc.pid)
+
+
+def test_a_killed_env_server_stops_the_run_with_one_line_naming_it(tmp_path):
+    before = set(glob.glob("/tmp/polybeast-*"))
+    proc, output, _ = kill_a_child_after_first_progress_line(
+        "torchbeast.polybeast", "--env", CUE, "--num_servers", 2, "--total_steps", 100_000_000,
+        "--savedir", tmp_path, "--xpid", "kill", *FAST)
+    assert proc.returncode == 1, output
+    last_line = output.rstrip().splitlines()[-1]
+    assert re.fullmatch(r"polybeast: error: env server env-server-\d \(unix:/tmp/polybeast-\w+/env\.\d\) "
+                        r"exited with code -9 \(SIGKILL\)", last_line), output
+    assert "Traceback" not in output
+    assert load_checkpoint(str(tmp_path / "kill" / "model.tar"))["step"] > 0
+    assert_no_process_left(proc.pid)
+    assert set(glob.glob("/tmp/polybeast-*")) == before

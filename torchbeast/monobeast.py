@@ -26,8 +26,10 @@ import torch.multiprocessing as mp
 from torchbeast.core import flags as flags_lib
 from torchbeast.core.cli import children_ignore_sigint, run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
-from torchbeast.core.environment import Environment, create_env, env_has_positions, frame_shape
+from torchbeast.core.environment import Environment, create_env
 from torchbeast.core.evaluate import test
+from torchbeast.core.rollout import agent_step, step_spec
+from torchbeast.core.supervisor import StopReason, exited_processes, run_learner
 from torchbeast.core.training import LearnerState, Reporter
 from torchbeast.errors import ConfigError
 
@@ -36,34 +38,12 @@ log = logging.getLogger("torchbeast")
 Buffers = Dict[str, List[torch.Tensor]]
 
 
-def buffer_specs(flags: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
-    """Shape and dtype of each rollout field, per step; rollouts hold unroll_length + 1 steps."""
-    specs: Dict[str, Dict[str, Any]] = dict(
-        frame=dict(size=frame_shape(flags.env), dtype=torch.uint8),
-        reward=dict(size=(), dtype=torch.float32),
-        done=dict(size=(), dtype=torch.bool),
-        truncated=dict(size=(), dtype=torch.bool),
-        truncation_value=dict(size=(), dtype=torch.float32),
-        episode_return=dict(size=(), dtype=torch.float32),
-        episode_step=dict(size=(), dtype=torch.int32),
-        last_action=dict(size=(), dtype=torch.int64),
-        policy_logits=dict(size=(6,), dtype=torch.float32),
-        baseline=dict(size=(), dtype=torch.float32),
-        action=dict(size=(), dtype=torch.int64),
-    )
-    if env_has_positions(flags.env):
-        for key in ("position", "noisy_position", "heading"):
-            specs[key] = dict(size=(2,), dtype=torch.float32)
-    return specs
-
-
-def create_buffers(flags: argparse.Namespace) -> Buffers:
-    T = flags.unroll_length
-    specs = buffer_specs(flags)
-    buffers: Buffers = {key: [] for key in specs}
-    for _ in range(flags.num_buffers):
-        for key, spec in specs.items():
-            buffers[key].append(torch.empty((T + 1, *spec["size"]), dtype=spec["dtype"]).share_memory_())
+def create_buffers(env_id: str, unroll_length: int, num_buffers: int) -> Buffers:
+    """Shared-memory rollouts of unroll_length + 1 rows each, laid out as `rollout.step_spec` says."""
+    buffers: Buffers = {}
+    for key, (shape, dtype) in step_spec(env_id).items():
+        buffers[key] = [torch.empty((unroll_length + 1, *shape), dtype=dtype).share_memory_()
+                        for _ in range(num_buffers)]
     return buffers
 
 
@@ -96,29 +76,11 @@ def act(
         torch.manual_seed(seed)
     try:
         env = Environment(create_env(flags.env, seed=seed, pos_noise=flags.pos_noise, impl=flags.env_impl))
-        step = env.initial()
-        agent_state = model.initial_state(1)
-        with torch.inference_mode():
-            agent_output, _ = model(step, agent_state)
-        while True:
-            index = free_queue.get()
-            if index is None:
-                break
-            _write_step(buffers, index, 0, step, agent_output, truncation_value=0.0)
-            for i, tensor in enumerate(agent_state):
-                initial_agent_state_buffers[index][i][...] = tensor
-
-            for t in range(flags.unroll_length):
-                with torch.inference_mode():
-                    agent_output, agent_state = model(step, agent_state)
-                action = int(agent_output["action"].item())
-                step, final_obs = env.step(action)
-                truncation_value = 0.0
-                if final_obs is not None:
-                    truncation_value = _value_of(model, final_obs, step, agent_state)
-                _write_step(buffers, index, t + 1, step, agent_output, truncation_value)
-            full_queue.put(index)
-        env.close()
+        try:
+            fill_rollouts(env, model, flags.unroll_length, free_queue, full_queue, buffers,
+                          initial_agent_state_buffers)
+        finally:
+            env.close()
     except KeyboardInterrupt:
         pass
     except Exception as e:  # noqa: BLE001 - reported to the learner, which stops the run
@@ -128,15 +90,43 @@ def act(
             raise  # the traceback helps with bugs; bad input was said in one line already
 
 
-def _write_step(buffers: Buffers, index: int, t: int, step: Dict[str, torch.Tensor],
-                agent_output: Dict[str, torch.Tensor], truncation_value: float) -> None:
-    """Writes one step of a rollout: the env's step t and the agent's output that led to it."""
-    for key in step:
-        if key in buffers:
-            buffers[key][index][t, ...] = step[key]
-    for key in agent_output:
-        buffers[key][index][t, ...] = agent_output[key]
-    buffers["truncation_value"][index][t] = truncation_value
+def fill_rollouts(
+    env: Environment,
+    model: torch.nn.Module,
+    unroll_length: int,
+    free_queue: Any,
+    full_queue: Any,
+    buffers: Buffers,
+    initial_agent_state_buffers: List[List[torch.Tensor]],
+) -> None:
+    """Steps `env` and writes rollouts (the layout of `torchbeast.core.rollout`) into the buffers
+    `free_queue` hands out, putting each full one on `full_queue`, until `free_queue` gives None."""
+    step = env.initial()
+    state_before = model.initial_state(1)  # the agent state before `step`
+    with torch.inference_mode():
+        outputs, state_after = agent_step(model, step, state_before)
+    while True:
+        index = free_queue.get()
+        if index is None:
+            return
+        _write_row(buffers, index, 0, step, outputs)  # the previous rollout's last row
+        for i, tensor in enumerate(state_before):
+            initial_agent_state_buffers[index][i][...] = tensor
+        for t in range(1, unroll_length + 1):
+            step = env.step(int(outputs["action"].item()))
+            state_before = state_after
+            with torch.inference_mode():
+                outputs, state_after = agent_step(model, step, state_before)
+            _write_row(buffers, index, t, step, outputs)
+        full_queue.put(index)
+
+
+def _write_row(buffers: Buffers, index: int, t: int, step: Dict[str, Any], outputs: Dict[str, torch.Tensor]) -> None:
+    """Row t of rollout `index`: the step and the agent's outputs computed on it."""
+    for source in (step, outputs):
+        for key, value in source.items():
+            if key in buffers:
+                buffers[key][index][t, ...] = value
 
 
 class ActorError(NamedTuple):
@@ -145,15 +135,6 @@ class ActorError(NamedTuple):
     actor_index: int
     message: str
     is_config_error: bool
-
-
-def _value_of(model: torch.nn.Module, final_obs: Dict[str, Any], step: Dict[str, torch.Tensor], agent_state: Any) -> float:
-    """The baseline's value of an episode's true final observation (for time-limit bootstrapping)."""
-    inputs = {key: torch.from_numpy(value).unsqueeze(0).unsqueeze(0) for key, value in final_obs.items()}
-    inputs.update(reward=step["reward"], last_action=step["last_action"], done=torch.zeros(1, 1, dtype=torch.bool))
-    with torch.inference_mode():
-        outputs, _ = model(inputs, agent_state)
-    return float(outputs["baseline"].item())
 
 
 def get_batch(
@@ -195,12 +176,12 @@ def get_batch(
     return batch, initial_agent_state
 
 
-def train(flags: argparse.Namespace) -> None:
-    """Trains until --total_steps (resuming SAVEDIR/XPID when it has a checkpoint)."""
+def train(flags: argparse.Namespace) -> StopReason:
+    """Trains until --total_steps (resuming SAVEDIR/XPID when it has a checkpoint); returns why it stopped."""
     set_cpu_threads(flags.num_threads, env_processes=flags.num_actors)
     state = LearnerState(flags, select_device(flags.gpu_n, flags.disable_cuda))
     if state.close_if_done():
-        return
+        return StopReason.finished(f"already at step {state.step} >= --total_steps {state.total_steps}")
     actor_model = state.new_model_copy(torch.device("cpu"))
     actor_model.share_memory()
 
@@ -208,7 +189,7 @@ def train(flags: argparse.Namespace) -> None:
         actor_model.load_state_dict(state.model.state_dict())
 
     ctx = mp.get_context("spawn")
-    buffers = create_buffers(flags)
+    buffers = create_buffers(flags.env, flags.unroll_length, flags.num_buffers)
     initial_agent_state_buffers = [[t.share_memory_() for t in actor_model.initial_state(1)]
                                    for _ in range(flags.num_buffers)]
     free_queue, full_queue = ctx.SimpleQueue(), ctx.Queue()
@@ -222,48 +203,23 @@ def train(flags: argparse.Namespace) -> None:
     for m in range(flags.num_buffers):
         free_queue.put(m)
 
-    stop = threading.Event()
     batch_lock = threading.Lock()
-    errors: List[BaseException] = []
 
-    def learner_thread() -> None:
-        try:
-            while not stop.is_set() and not state.done:
-                got = get_batch(flags, free_queue, full_queue, buffers, initial_agent_state_buffers,
-                                state.device, batch_lock, stop)
-                if got is None:
-                    return
-                state.learn(*got, after_update=copy_weights_to_actors)
-        except BaseException as e:  # surfaced in the main thread
-            errors.append(e)
-            stop.set()
+    def learn(stop: threading.Event) -> None:
+        while not stop.is_set() and not state.done:
+            got = get_batch(flags, free_queue, full_queue, buffers, initial_agent_state_buffers,
+                            state.device, batch_lock, stop)
+            if got is None:
+                return
+            state.learn(*got, after_update=copy_weights_to_actors)
 
-    threads = [threading.Thread(target=learner_thread, name=f"learner-{i}", daemon=True)
-               for i in range(flags.num_learner_threads)]
-    reporter = Reporter(state)
-    for thread in threads:
-        thread.start()
+    # A failed actor reports why through the full queue; its exit is reported after a second.
+    actors_alive = exited_processes([(f"actor {i} (pid {a.pid})", a) for i, a in enumerate(actors)], grace_s=1.0)
     try:
-        while any(t.is_alive() for t in threads):
-            time.sleep(0.2)
-            dead = [a for a in actors if not a.is_alive() and a.exitcode not in (0, None)]
-            if dead and not errors:
-                time.sleep(1.0)  # let the actor's own report arrive first
-                if not errors:
-                    raise RuntimeError(f"{dead[0].name} died with exit code {dead[0].exitcode}")
-            reporter.tick()
-        if errors:
-            raise errors[0]
-    except KeyboardInterrupt:
-        log.info("Interrupted: saving and stopping.")
+        return run_learner(state, Reporter(state, flags.log_interval, flags.checkpoint_interval), learn,
+                           flags.num_learner_threads, health_checks=[actors_alive])
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        state.save()
         _stop_actors(actors, free_queue)
-        state.close()
-    reporter.summary()
 
 
 def _stop_actors(actors: List[Any], free_queue: Any) -> None:
@@ -280,11 +236,14 @@ def _stop_actors(actors: List[Any], free_queue: Any) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     setup_logging()
-    parser = flags_lib.make_parser(prog="python -m torchbeast.monobeast", description=__doc__.split("\n\n")[0])
+    parser = flags_lib.FlagParser("python -m torchbeast.monobeast", __doc__.split("\n\n")[0], flags_lib.MONOBEAST)
 
-    def body() -> None:
-        flags = flags_lib.parse_flags(parser, argv)
-        (train if flags.mode == "train" else test)(flags)
+    def body() -> Optional[StopReason]:
+        flags = parser.parse_flags(argv)
+        if flags.mode == "test":
+            test(flags)
+            return None
+        return train(flags)
 
     return run_command("monobeast", body)
 

@@ -13,6 +13,7 @@ or to other hosts over TCP (server i listens on PORT + i):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import multiprocessing as mp
@@ -24,8 +25,9 @@ import time
 from typing import Any, Callable, List, Optional
 
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import children_ignore_sigint, sigterm_as_interrupt
+from torchbeast.core.cli import children_ignore_sigint, run_command, setup_logging
 from torchbeast.core.environment import create_env
+from torchbeast.core.supervisor import HealthCheck, Outcome, StopReason, exited_processes, interrupt_detail
 from torchbeast.errors import ConfigError
 
 log = logging.getLogger("torchbeast")
@@ -51,20 +53,34 @@ def unix_addresses(pipes_basename: str, num_servers: int) -> List[str]:
     return [f"{pipes_basename}.{i}" for i in range(num_servers)]
 
 
-def env_factory(flags: argparse.Namespace, server_index: int) -> Callable[[], Any]:
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """What a server's env factory needs from the flags (sent to each server process)."""
+
+    env: str
+    seed: Optional[int]
+    pos_noise: float
+    impl: str
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace) -> "EnvSpec":
+        return cls(env=flags.env, seed=flags.seed, pos_noise=flags.pos_noise, impl=flags.env_impl)
+
+
+def env_factory(spec: EnvSpec, server_index: int) -> Callable[[], Any]:
     """One env per stream; seeds differ per server and per stream but repeat with --seed."""
     counter = itertools.count()
 
     def make() -> Any:
         seed = None
-        if flags.seed is not None:
-            seed = flags.seed * 1_000_000 + server_index * 1000 + next(counter)
-        return create_env(flags.env, seed=seed, pos_noise=flags.pos_noise, impl=flags.env_impl)
+        if spec.seed is not None:
+            seed = spec.seed * 1_000_000 + server_index * 1000 + next(counter)
+        return create_env(spec.env, seed=seed, pos_noise=spec.pos_noise, impl=spec.impl)
 
     return make
 
 
-def serve(flags: argparse.Namespace, server_index: int, address: str) -> None:
+def serve(spec: EnvSpec, server_index: int, address: str) -> None:
     """Process body: serve one address until SIGTERM."""
     from libtorchbeast import Server
 
@@ -73,7 +89,7 @@ def serve(flags: argparse.Namespace, server_index: int, address: str) -> None:
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
     if address.startswith("unix:") and os.path.exists(address[len("unix:"):]):
         os.unlink(address[len("unix:"):])  # a stale socket from a killed run
-    server = Server(env_factory(flags, server_index), address)
+    server = Server(env_factory(spec, server_index), address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
@@ -83,13 +99,13 @@ def serve(flags: argparse.Namespace, server_index: int, address: str) -> None:
         os.unlink(address[len("unix:"):])
 
 
-def start_servers(flags: argparse.Namespace, addresses: List[str]) -> List[Any]:
+def start_servers(spec: EnvSpec, addresses: List[str]) -> List[Any]:
     """Starts one server process per address (spawned: no inherited torch or GL state)."""
     ctx = mp.get_context("spawn")
     processes = []
     with children_ignore_sigint():  # they stop on SIGTERM from stop_servers()
         for i, address in enumerate(addresses):
-            process = ctx.Process(target=serve, args=(flags, i, address), name=f"env-server-{i}", daemon=True)
+            process = ctx.Process(target=serve, args=(spec, i, address), name=f"env-server-{i}", daemon=True)
             process.start()
             processes.append(process)
     return processes
@@ -110,12 +126,11 @@ def stop_servers(processes: List[Any], timeout: float = 10.0) -> None:
             process.join()
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = flags_lib.OneLineErrorParser(prog="python -m torchbeast.polybeast_env",
-                                          description=__doc__.split("\n\n")[0])
-    flags_lib.add_env_flags(parser)
-    add_server_flags(parser)
-    return parser
+def servers_running(processes: List[Any], addresses: List[str]) -> HealthCheck:
+    """A health check failing when a server process exits, e.g. 'env server env-server-2
+    (unix:/tmp/x/env.2) exited with code -9 (SIGKILL)'. Servers exit only when stop_servers()
+    stops them (they ignore SIGINT)."""
+    return exited_processes([(f"env server {p.name} ({a})", p) for p, a in zip(processes, addresses)])
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -127,35 +142,47 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
                        help="Serve over TCP instead, server i on HOST:PORT+i, e.g. 0.0.0.0:4431.")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(format="[%(levelname)s %(asctime)s] %(message)s", level=logging.INFO)
-    parser = make_parser()
-    flags = parser.parse_args(argv)
+def server_problems(flags: argparse.Namespace) -> List[str]:
+    if flags.num_servers <= 0:
+        return [f"--num_servers must be positive, got {flags.num_servers}"]
     try:
-        if flags.num_servers <= 0:
-            raise ConfigError(f"--num_servers must be positive, got {flags.num_servers}")
-        if flags.pos_noise < 0:
-            raise ConfigError(f"--pos_noise must be >= 0, got {flags.pos_noise}")
-        from torchbeast.core.environment import env_has_positions
-
-        env_has_positions(flags.env)  # checks the id
-        addresses = server_addresses(flags.pipes_basename, flags.bind, flags.num_servers)
+        server_addresses(flags.pipes_basename, flags.bind, flags.num_servers)
     except ConfigError as e:
-        print(f"polybeast_env: error: {e}", file=sys.stderr)
-        return 2
-    with sigterm_as_interrupt():
-        processes = start_servers(flags, addresses)
-        log.info("Serving %s on %s", flags.env, ", ".join(addresses))
-        try:
-            while all(p.is_alive() for p in processes):
-                processes[0].join(timeout=0.5)
-            dead = [p for p in processes if not p.is_alive()]
-            log.error("%s exited with code %s; stopping.", dead[0].name, dead[0].exitcode)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            stop_servers(processes)
+        return [str(e)]
+    return []
+
+
+SERVERS = flags_lib.FlagGroup(add_server_flags, server_problems)
+
+
+def make_parser() -> flags_lib.FlagParser:
+    return flags_lib.FlagParser("python -m torchbeast.polybeast_env", __doc__.split("\n\n")[0],
+                                (flags_lib.ENV, SERVERS))
+
+
+def serve_until_stopped(flags: argparse.Namespace) -> StopReason:
+    """Runs the servers until one exits (failed) or Ctrl-C / SIGTERM (interrupted), then stops all."""
+    addresses = server_addresses(flags.pipes_basename, flags.bind, flags.num_servers)
+    processes = start_servers(EnvSpec.from_flags(flags), addresses)
+    running = servers_running(processes, addresses)
+    log.info("Serving %s on %s", flags.env, ", ".join(addresses))
+    try:
+        reason = None
+        while reason is None:
+            processes[0].join(timeout=0.5)
+            reason = running()
+    except KeyboardInterrupt as interrupt:
+        reason = StopReason.interrupted(interrupt_detail(interrupt))
+    finally:
+        stop_servers(processes)
+    log.log(logging.ERROR if reason.outcome is Outcome.FAILED else logging.INFO, "Stopped (%s).", reason)
+    return reason
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    setup_logging()
+    parser = make_parser()
+    return run_command("polybeast_env", lambda: serve_until_stopped(parser.parse_flags(argv)))
 
 
 if __name__ == "__main__":

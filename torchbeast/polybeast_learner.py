@@ -8,16 +8,18 @@ Threads in this process: one runs `ActorPool.run()` (C++ actor threads, one per 
 without the GIL), `--num_inference_threads` answer the `DynamicBatcher` with the inference
 model, `--num_learner_threads` take `[T + 1, B]` batches from the `BatchingQueue` and update the
 learner model, whose weights are then copied into the inference model. Arrays cross from C++ to
-Python as NumPy arrays without copying, and become tensors with `torch.from_numpy`.
+Python as NumPy arrays without copying, and become tensors with `torch.from_numpy`. The main
+thread runs the supervising loop (`torchbeast.core.supervisor`), which also watches the actor
+pool and inference threads.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
-import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,6 +29,8 @@ from torchbeast.core import flags as flags_lib
 from torchbeast.core.cli import run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.evaluate import test
+from torchbeast.core.rollout import agent_step, flatten_step
+from torchbeast.core.supervisor import HealthCheck, StopReason, WatchedThread, run_learner
 from torchbeast.core.training import LearnerState, Reporter
 from torchbeast.errors import ConfigError
 from torchbeast.models import AgentState, MemoryAgent
@@ -34,14 +38,18 @@ from torchbeast.models import AgentState, MemoryAgent
 log = logging.getLogger("torchbeast")
 
 
-def add_polybeast_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("polybeast")
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("env servers")
     group.add_argument("--env_servers", nargs="+", default=None, metavar="ADDR",
                        help="Env server addresses (unix:/path or host:port), one actor each.")
     group.add_argument("--pipes_basename", default="unix:/tmp/polybeast",
                        help="Without --env_servers: connect to BASENAME.0 ... BASENAME.N-1. (default: %(default)s)")
     group.add_argument("--num_servers", type=int, default=4,
                        help="Without --env_servers: how many BASENAME.i servers. (default: %(default)s)")
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference and learner queue")
     group.add_argument("--num_inference_threads", type=int, default=2,
                        help="Threads answering the dynamic inference batches. (default: %(default)s)")
     group.add_argument("--max_inference_batch_size", type=int, default=512,
@@ -56,16 +64,11 @@ def add_polybeast_flags(parser: argparse.ArgumentParser) -> None:
                        help="Device of the learner model. (default: the one --gpu_n picks)")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = flags_lib.make_parser(prog="python -m torchbeast.polybeast_learner", description=__doc__.split("\n\n")[0])
-    add_polybeast_flags(parser)
-    return parser
-
-
-def server_addresses(flags: argparse.Namespace) -> List[str]:
-    if flags.env_servers:
-        return list(flags.env_servers)
-    return polybeast_env.unix_addresses(flags.pipes_basename, flags.num_servers)
+def server_addresses(env_servers: Optional[List[str]], pipes_basename: str, num_servers: int) -> List[str]:
+    """--env_servers, or the unix sockets BASENAME.i of --pipes_basename and --num_servers."""
+    if env_servers:
+        return list(env_servers)
+    return polybeast_env.unix_addresses(pipes_basename, num_servers)
 
 
 def parse_device(name: Optional[str], flag: str, default: torch.device) -> torch.device:
@@ -83,20 +86,45 @@ def parse_device(name: Optional[str], flag: str, default: torch.device) -> torch
     return device
 
 
-def validate_polybeast(flags: argparse.Namespace) -> None:
+def connection_problems(flags: argparse.Namespace) -> List[str]:
+    if not flags.env_servers and flags.num_servers <= 0:
+        return [f"--num_servers must be positive, got {flags.num_servers}"]
+    return [f"env server address {address!r}: expected unix:/path or host:port"
+            for address in server_addresses(flags.env_servers, flags.pipes_basename, flags.num_servers)
+            if not (address.startswith("unix:") and len(address) > 5) and not address.rpartition(":")[2].isdigit()]
+
+
+def inference_problems(flags: argparse.Namespace) -> List[str]:
     problems = []
-    for name in ("num_servers", "num_inference_threads", "max_inference_batch_size"):
+    for name in ("num_inference_threads", "max_inference_batch_size"):
         if getattr(flags, name) <= 0:
             problems.append(f"--{name} must be positive, got {getattr(flags, name)}")
     if flags.inference_timeout_ms < 0:
         problems.append(f"--inference_timeout_ms must be >= 0, got {flags.inference_timeout_ms}")
     if flags.max_learner_queue_size is not None and flags.max_learner_queue_size < flags.batch_size:
         problems.append(f"--max_learner_queue_size must be at least --batch_size ({flags.batch_size})")
-    for address in server_addresses(flags):
-        if not (address.startswith("unix:") and len(address) > 5) and not address.rpartition(":")[2].isdigit():
-            problems.append(f"env server address {address!r}: expected unix:/path or host:port")
-    if problems:
-        raise ConfigError("; ".join(problems))
+    for flag, name in (("--inference_device", flags.inference_device), ("--learner_device", flags.learner_device)):
+        try:
+            parse_device(name, flag, default=torch.device("cpu"))
+        except ConfigError as e:
+            problems.append(str(e))
+    return problems
+
+
+CONNECTION = flags_lib.FlagGroup(add_connection_flags, connection_problems)
+INFERENCE = flags_lib.FlagGroup(add_inference_flags, inference_problems)
+# What a MonoBeast flag given to PolyBeast says instead of only "unrecognized arguments".
+MONOBEAST_ONLY = {
+    "--num_actors": "a MonoBeast flag; PolyBeast runs one actor per env server (--num_servers)",
+    "--num_buffers": "a MonoBeast flag; PolyBeast queues rollouts for the learner (--max_learner_queue_size)",
+}
+
+
+def make_parser() -> flags_lib.FlagParser:
+    return flags_lib.FlagParser(
+        "python -m torchbeast.polybeast_learner", __doc__.split("\n\n")[0],
+        (flags_lib.ENV, flags_lib.AGENT, flags_lib.TRAINING, CONNECTION, INFERENCE, flags_lib.SYSTEM),
+        hints=MONOBEAST_ONLY)
 
 
 def to_device(arrays: Any, device: torch.device) -> Any:
@@ -106,60 +134,40 @@ def to_device(arrays: Any, device: torch.device) -> Any:
     return nest.map(torch.from_numpy, arrays)
 
 
-def model_inputs(step: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """ActorPool's step nest -> the agent's input dict (observation keys lifted to the top)."""
-    inputs = dict(step["observation"])
-    for key in ("reward", "done", "truncated", "episode_return", "episode_step", "last_action"):
-        inputs[key] = step[key]
-    return inputs
-
-
 def inference_loop(batcher: Any, model: MemoryAgent, device: torch.device) -> None:
     """Answers DynamicBatcher batches until the batcher is closed."""
     for batch in batcher:
-        step = to_device(batch.get_inputs(), device)
-        agent_state = tuple(step["agent_state"])
+        inputs = flatten_step(to_device(batch.get_inputs(), device))
+        agent_state = tuple(inputs.pop("agent_state"))
         with torch.inference_mode():
-            outputs, agent_state = model(model_inputs(step), agent_state)
-        batch.set_outputs(dict(
-            action=outputs["action"].cpu().numpy(),
-            policy_logits=outputs["policy_logits"].cpu().numpy(),
-            baseline=outputs["baseline"].cpu().numpy(),
-            agent_state=tuple(s.cpu().numpy() for s in agent_state),
-        ))
-
-
-ACTOR_OUTPUT_KEYS = ("action", "policy_logits", "baseline")
+            outputs, agent_state = agent_step(model, inputs, agent_state)
+        answer = {key: value.cpu().numpy() for key, value in outputs.items()}
+        answer["agent_state"] = tuple(s.cpu().numpy() for s in agent_state)
+        batch.set_outputs(answer)
 
 
 def learner_batch(item: Dict[str, Any], device: torch.device) -> Tuple[Dict[str, torch.Tensor], AgentState]:
-    """A learner-queue item -> the batch layout of core.learner (MonoBeast's).
-
-    The actor pool stores the model's outputs beside the step they were computed on (action t is
-    taken at observation t); the learner expects them beside the step they led to (action t at
-    index t + 1, with the reward it earned). Index 0 of the shifted outputs is never read.
-    """
+    """A learner-queue item -> the batch and initial agent state of `torchbeast.core.rollout`."""
     item = to_device(item, device)
-    rollout = item["rollout"]
-    batch = model_inputs(rollout)
-    for key in ACTOR_OUTPUT_KEYS:
-        batch[key] = torch.cat([rollout[key][:1], rollout[key][:-1]], dim=0)
-    batch["truncation_value"] = rollout["truncation_value"]
-    return batch, tuple(item["initial_agent_state"])
+    return flatten_step(item["rollout"]), tuple(item["initial_agent_state"])
 
 
-def train(flags: argparse.Namespace) -> None:
+def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequence[HealthCheck] = ()) -> StopReason:
+    """Learns from the env servers at `addresses` until --total_steps; returns why it stopped.
+
+    `health_checks` are watched besides the actor pool and inference threads (polybeast.py adds
+    its env server processes)."""
     import libtorchbeast
 
     default_device = select_device(flags.gpu_n, flags.disable_cuda)
     learner_device = parse_device(flags.learner_device, "--learner_device", default_device)
     inference_device = parse_device(flags.inference_device, "--inference_device", default_device)
-    addresses = server_addresses(flags)
     local_servers = sum(a.startswith(("unix:", "127.", "localhost:")) for a in addresses)
     set_cpu_threads(flags.num_threads, env_processes=local_servers)
-    state = LearnerState(flags, learner_device, meta=dict(env_servers=addresses, inference_device=str(inference_device)))
+    state = LearnerState(flags, learner_device,
+                         meta=dict(env_servers=addresses, inference_device=str(inference_device)))
     if state.close_if_done():
-        return
+        return StopReason.finished(f"already at step {state.step} >= --total_steps {state.total_steps}")
     # Inference threads share this copy; weights are copied in place after each update (a forward
     # that overlaps a copy mixes two consecutive versions, which V-trace's off-policy correction absorbs).
     inference_model = state.new_model_copy(inference_device)
@@ -180,64 +188,43 @@ def train(flags: argparse.Namespace) -> None:
         unroll_length=flags.unroll_length, learner_queue=learner_queue, inference_batcher=batcher,
         env_server_addresses=addresses, initial_agent_state=initial_agent_state)
 
-    errors: List[BaseException] = []
-    stop = threading.Event()
-
-    def guarded(fn: Any, *args: Any) -> Any:
-        def run() -> None:
-            try:
-                fn(*args)
-            except BaseException as e:  # surfaced in the main thread
-                if not stop.is_set():
-                    errors.append(e)
-                stop.set()
-        return run
-
-    def learn_loop() -> None:
-        for item in learner_queue:
+    def learn(stop: threading.Event) -> None:
+        for item in learner_queue:  # ends when the queue is closed
             if state.done or stop.is_set():
-                break
+                return
             state.learn(*learner_batch(item, learner_device), after_update=copy_weights_to_inference)
-        stop.set()
 
-    threads = [threading.Thread(target=guarded(pool.run), name="actor-pool", daemon=True)]
-    threads += [threading.Thread(target=guarded(inference_loop, batcher, inference_model, inference_device),
-                                 name=f"inference-{i}", daemon=True)
-                for i in range(flags.num_inference_threads)]
-    learners = [threading.Thread(target=guarded(learn_loop), name=f"learner-{i}", daemon=True)
-                for i in range(flags.num_learner_threads)]
-    reporter = Reporter(state)
-    log.info("Learning from %d env server(s): %s", len(addresses), ", ".join(addresses))
-    for thread in threads + learners:
-        thread.start()
-    try:
-        while not stop.is_set():
-            time.sleep(0.2)
-            reporter.tick()
-        if errors:
-            raise errors[0]
-    except KeyboardInterrupt:
-        log.info("Interrupted: saving and stopping.")
-    finally:
-        stop.set()
-        learner_queue.close()
-        batcher.close()
+    def release() -> None:  # wakes the learner, inference and actor threads (closing twice raises)
+        for queue in (learner_queue, batcher):
+            if not queue.is_closed():
+                queue.close()
         pool.stop()
-        for thread in threads + learners:
-            thread.join(timeout=30)
-        state.save()
-        state.close()
-    reporter.summary()
+
+    workers = [WatchedThread("actor pool", pool.run)]
+    workers += [WatchedThread(f"inference thread {i}", inference_loop, batcher, inference_model, inference_device)
+                for i in range(flags.num_inference_threads)]
+    log.info("Learning from %d env server(s): %s", len(addresses), ", ".join(addresses))
+    for worker in workers:
+        worker.start()
+    try:
+        return run_learner(state, Reporter(state, flags.log_interval, flags.checkpoint_interval), learn,
+                           flags.num_learner_threads, health_checks=[*(w.failure for w in workers), *health_checks],
+                           release=release)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     setup_logging()
     parser = make_parser()
 
-    def body() -> None:
-        flags = flags_lib.parse_flags(parser, argv)
-        validate_polybeast(flags)
-        (train if flags.mode == "train" else test)(flags)
+    def body() -> Optional[StopReason]:
+        flags = parser.parse_flags(argv)
+        if flags.mode == "test":
+            test(flags, num_workers=os.cpu_count() or 1)  # the env servers are elsewhere: this host's cores
+            return None
+        return train(flags, server_addresses(flags.env_servers, flags.pipes_basename, flags.num_servers))
 
     return run_command("polybeast_learner", body)
 

@@ -2,6 +2,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <cstddef>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,65 +15,69 @@
 
 namespace torchbeast {
 namespace python {
+namespace {
+
+template <std::size_t N>
+py::tuple KeyTuple(const std::array<const char*, N>& keys) {
+  py::tuple out(N);
+  for (std::size_t i = 0; i < N; ++i) out[i] = py::str(keys[i]);
+  return out;
+}
+
+}  // namespace
 
 void BindActorPool(py::module_& m) {
+  m.attr("STEP_INPUT_KEYS") = KeyTuple(ActorPool::kStepInputKeys);
+  m.attr("ROLLOUT_STEP_KEYS") = KeyTuple(ActorPool::kRolloutStepKeys);
+
   py::class_<ActorPool, std::shared_ptr<ActorPool>>(m, "ActorPool", R"doc(
 Runs one actor thread per env server: streams steps, asks inference_batcher for actions and
 puts rollouts on learner_queue.
 
-Each step, an actor calls inference_batcher.compute(inputs) with (every array has leading dims
-[T=1, B=1]; use DynamicBatcher(batch_dim=1)):
+Each step, an actor calls inference_batcher.compute(inputs) with (the keys of STEP_INPUT_KEYS;
+every array has leading dims [T=1, B=1]; use DynamicBatcher(batch_dim=1)):
     {"observation": obs nest [1, 1, ...], "reward": float32 [1, 1], "done": bool [1, 1],
      "truncated": bool [1, 1], "episode_step": int32 [1, 1], "episode_return": float32 [1, 1],
-     "last_action": previous action [1, 1, ...], "agent_state": agent state nest}
+     "last_action": previous action [1, 1, ...], "final_observation": obs nest [1, 1, ...],
+     "agent_state": agent state nest}
 done marks the first step of an episode (the env was just reset; the stream's first step too);
 truncated tells whether the episode that ended was cut off by a time limit; on a done step
 reward, episode_step and episode_return belong to the episode that ended.
+"final_observation" is the cut episode's true last observation on truncated steps (the env
+server sends it) and zeros of the observation's structure, shapes and dtypes on all others;
+a final observation unlike the observation is a ValueError.
 "agent_state" is initial_agent_state at the start of a stream, then the model's previous
 "agent_state" output: every array needs size 1 at dim 1, e.g. LSTM (h, c) of [layers, 1, hidden]
 each; () for stateless models. Resetting the state on done is the model's job. "last_action" is
 initial_action (default: int64 zeros [1, 1]) on a stream's first step.
 The model answers each Batch with a dict holding "action" (a nest, [1, B, ...]), optionally
-"agent_state" (the new state) and anything else (policy logits, baseline). The action goes to
-the env without its two leading dims.
+"agent_state" (the new state) and anything else (policy logits, baseline, and e.g.
+"truncation_value": its value of final_observation, to bootstrap from at a time limit). The
+action goes to the env without its two leading dims.
 
-Time limits (truncation_value_key, default "baseline"; None turns this off): on a step with
-truncated=True the env server also sends the cut episode's true final observation, and the
-actor first makes one extra compute() call with inputs of the same structure describing the
-cut episode's last transition: observation = that final observation, done = truncated =
-False, reward, episode_step and episode_return of the done step (they belong to the ended
-episode), last_action = the action just sent, agent_state = the actor's current state. It
-reads output[truncation_value_key] (float32, one value per caller: [1, B] for the batch) and
-discards the rest of that answer, agent_state included; then comes the ordinary call for the
-new episode's first step. A missing or ill-shaped output raises ValueError from run().
-
-Rollouts: each step's inputs without "agent_state" plus the outputs without "agent_state" are
-concatenated along dim 0 into unroll_length + 1 steps; consecutive rollouts of an actor overlap
-by one step. With a truncation_value_key every step also has "truncation_value" float32
-[1, 1]: the value read above on truncated steps, 0.0 on all others, so the learner can add
-gamma * truncation_value to a truncated step's reward (a model output named
-"truncation_value" is then a ValueError). learner_queue gets {"rollout": {... [T + 1, 1, ...]},
-"initial_agent_state": the "agent_state" input of the rollout's first step}; use
-BatchingQueue(batch_dim=1).
+Rollouts: each step's inputs named by ROLLOUT_STEP_KEYS (all but "final_observation" and
+"agent_state") plus the outputs without "agent_state" are concatenated along dim 0 into
+unroll_length + 1 steps, outputs beside the step they were computed on; consecutive rollouts of
+an actor overlap by one step. An output named like an input is a ValueError. learner_queue gets
+{"rollout": {... [T + 1, 1, ...]}, "initial_agent_state": the "agent_state" input of the
+rollout's first step}; use BatchingQueue(batch_dim=1).
 
 run() blocks (without the GIL) until every actor stopped. It returns normally when the
 learner queue or the batcher is closed or after stop(), and raises the first fatal error
-otherwise (EnvError when an env failed, ValueError for bad model outputs). A server that
-cannot be reached or goes away is logged to stderr and retried with backoff (50 ms to 2 s);
-the actor drops its partial rollout and starts over from initial_agent_state, and the other
-actors go on. count() is the number of env steps taken so far.)doc")
+otherwise (EnvError when an env failed, ValueError for bad model outputs). An actor whose
+server is not reachable yet says so once on stderr and waits for it; a server that goes away
+later is logged and retried. Retries back off from 50 ms to 2 s; the actor drops its partial
+rollout and starts over from initial_agent_state, and the other actors go on. count() is the
+number of env steps taken so far.)doc")
       .def(py::init([](int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                        std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> addresses,
-                       const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action,
-                       std::optional<std::string> truncation_value_key) {
+                       const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action) {
              return std::make_shared<ActorPool>(unroll_length, std::move(learner_queue), std::move(inference_batcher),
-                                                std::move(addresses), initial_agent_state, initial_action,
-                                                std::move(truncation_value_key));
+                                                std::move(addresses), initial_agent_state, initial_action);
            }),
            py::arg("unroll_length"), py::arg("learner_queue"), py::arg("inference_batcher"),
            py::arg("env_server_addresses"), py::arg("initial_agent_state") = py::tuple(),
-           py::arg("initial_action") = py::none(),
-           py::arg("truncation_value_key") = std::string(ActorPool::kDefaultTruncationValueKey))
+           py::arg("initial_action") = py::none())
       .def("run", &ActorPool::Run, py::call_guard<py::gil_scoped_release>())
       .def("stop", &ActorPool::Stop, py::call_guard<py::gil_scoped_release>(),
            "Cancels the actors' streams and backoff waits; actors blocked in the batcher or on a full "

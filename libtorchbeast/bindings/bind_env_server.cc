@@ -1,8 +1,13 @@
-// libtorchbeast.Server (EnvServer running Python envs) and libtorchbeast.Client (EnvClient).
+// libtorchbeast._C.Server (EnvServer streaming Python step records) and libtorchbeast.Client
+// (EnvClient).
 #include <Python.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <iterator>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -18,76 +23,181 @@ namespace {
 
 std::string Describe(py::handle obj) { return py::repr(obj).cast<std::string>().substr(0, 200); }
 
-// A Gymnasium-style Python env. Holds the GIL only inside its calls; Python errors become
-// EnvError with the Python message, which the server sends to the client.
+std::string TypeName(py::handle obj) { return Py_TYPE(obj.ptr())->tp_name; }
+
+// The record keys, in the order of torchbeast.core.episodes.RECORD_KEYS.
+constexpr const char* kRecordKeys[] = {"observation",    "reward",           "done", "truncated", "episode_step",
+                                       "episode_return", "final_observation"};
+
+// NumPy scalar types are checked only when the Python type is not the expected one.
+bool IsNumpy(py::handle obj, const char* type_name) {
+  return py::isinstance(obj, py::module_::import("numpy").attr(type_name));
+}
+
+bool IsInteger(py::handle v) { return (PyLong_Check(v.ptr()) && !PyBool_Check(v.ptr())) || IsNumpy(v, "integer"); }
+
+std::string Quoted(const char* key) { return std::string("'") + key + "'"; }
+
+// The fields of a record dict; each throws EnvError naming the field.
+class RecordReader {
+ public:
+  explicit RecordReader(py::handle record) {
+    if (!py::isinstance<py::dict>(record)) throw EnvError("expected a dict, got " + Describe(record));
+    dict_ = py::reinterpret_borrow<py::dict>(record);
+    for (const char* key : kRecordKeys) Get(key);
+    if (py::len(dict_) != std::size(kRecordKeys)) {
+      for (auto item : dict_) {
+        const bool known = py::isinstance<py::str>(item.first) &&
+                           std::find_if(std::begin(kRecordKeys), std::end(kRecordKeys), [&](const char* key) {
+                             return item.first.cast<std::string>() == key;
+                           }) != std::end(kRecordKeys);
+        if (!known) throw EnvError("unexpected key " + Describe(item.first));
+      }
+    }
+  }
+
+  ArrayNest Nest(const char* key) const {
+    try {
+      return NestFromPython(Get(key));
+    } catch (const std::exception& e) {  // py::type_error or a NumPy error.
+      throw EnvError(Quoted(key) + ": " + e.what());
+    }
+  }
+
+  bool Bool(const char* key) const {
+    py::handle v = Get(key);
+    if (!PyBool_Check(v.ptr()) && !IsNumpy(v, "bool_")) {
+      throw EnvError(Quoted(key) + " must be a bool, got " + TypeName(v));
+    }
+    return PyObject_IsTrue(v.ptr()) == 1;
+  }
+
+  double Real(const char* key) const {
+    py::handle v = Get(key);
+    if (!PyFloat_Check(v.ptr()) && !IsInteger(v) && !IsNumpy(v, "floating")) {
+      throw EnvError(Quoted(key) + " must be a real number, got " + TypeName(v));
+    }
+    const double value = PyFloat_AsDouble(v.ptr());
+    if (value == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+    return value;
+  }
+
+  int32_t Int32(const char* key) const {
+    py::handle v = Get(key);
+    if (!IsInteger(v)) throw EnvError(Quoted(key) + " must be an int, got " + TypeName(v));
+    int overflow = 0;
+    auto index = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+    if (!index) throw py::error_already_set();
+    const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+    if (overflow != 0 || value < std::numeric_limits<int32_t>::min() || value > std::numeric_limits<int32_t>::max()) {
+      throw EnvError(Quoted(key) + " does not fit int32: " + Describe(v));
+    }
+    return static_cast<int32_t>(value);
+  }
+
+  bool IsNone(const char* key) const { return Get(key).is_none(); }
+
+ private:
+  py::handle Get(const char* key) const {
+    PyObject* value = PyDict_GetItemString(dict_.ptr(), key);  // Borrowed; null when missing.
+    if (value == nullptr) throw EnvError("no " + Quoted(key));
+    return value;
+  }
+
+  py::dict dict_;
+};
+
+// One step record (see torchbeast.core.episodes): every field as it is, after checking types
+// and that final_observation comes exactly with truncated, which comes only with done.
+EnvStep StepFromRecord(py::handle record) {
+  RecordReader r(record);
+  EnvStep step;
+  step.observation = r.Nest("observation");
+  step.reward = static_cast<float>(r.Real("reward"));
+  step.done = r.Bool("done");
+  step.truncated = r.Bool("truncated");
+  step.episode_step = r.Int32("episode_step");
+  step.episode_return = static_cast<float>(r.Real("episode_return"));
+  if (step.truncated && !step.done) throw EnvError("'truncated' is True but 'done' is False");
+  if (step.truncated == r.IsNone("final_observation")) {
+    throw EnvError(step.truncated ? "'truncated' is True but 'final_observation' is None"
+                                  : "'final_observation' must be None unless 'truncated' is True");
+  }
+  if (step.truncated) step.final_observation = r.Nest("final_observation");
+  return step;
+}
+
+// A Python error raised by `call`: a libtorchbeast.EnvError keeps its message as it is (so the
+// Python Server can word its env's failures), any other error is prefixed with the call.
+EnvError CallError(const std::string& call, py::error_already_set& e, py::handle env_error_type) {
+  if (e.matches(env_error_type)) return EnvError(py::str(e.value()).cast<std::string>());
+  return EnvError(call + " raised " + e.what());
+}
+
+// A Python step stream: initial() and step(action) return step records. Holds the GIL only
+// inside its calls; Python errors and bad records become EnvError, which the server sends to
+// the client.
 class PyEnv : public Env {
  public:
-  explicit PyEnv(py::object env) : env_(new py::object(std::move(env))) {}
+  PyEnv(py::object stream, py::handle env_error_type)
+      : stream_(new py::object(std::move(stream))), env_error_type_(env_error_type) {}
 
   // Made and destroyed on the gRPC thread that serves its stream (see MakeFactory).
   ~PyEnv() override {
     py::gil_scoped_acquire gil;
     try {
-      if (py::hasattr(*env_, "close")) env_->attr("close")();
+      if (py::hasattr(*stream_, "close")) stream_->attr("close")();
     } catch (py::error_already_set& e) {
-      e.discard_as_unraisable("libtorchbeast.Server: env.close()");
+      e.discard_as_unraisable("libtorchbeast._C.Server: stream.close()");
     }
-    delete env_;
+    delete stream_;
     gil.dec_ref();  // Drops the thread state kept by MakeFactory once `gil` is released.
   }
 
-  ArrayNest Reset() override {
-    py::gil_scoped_acquire gil;
-    try {
-      py::object result = env_->attr("reset")();
-      if (!py::isinstance<py::tuple>(result) || py::len(result) != 2) {
-        throw EnvError("env.reset() must return (observation, info), got " + Describe(result));
-      }
-      return NestFromPython(result[py::int_(0)]);
-    } catch (py::error_already_set& e) {
-      throw EnvError(std::string("env.reset() raised ") + e.what());
-    }
+  EnvStep Initial() override {
+    return Read("stream.initial()", [this] { return stream_->attr("initial")(); });
   }
 
-  EnvResult Step(const ArrayNest& action) override {
-    py::gil_scoped_acquire gil;
-    try {
-      py::object result = env_->attr("step")(NestToPython(action));
-      if (!py::isinstance<py::tuple>(result) || py::len(result) != 5) {
-        throw EnvError("env.step() must return (observation, reward, terminated, truncated, info), got " +
-                       Describe(result));
-      }
-      auto t = py::reinterpret_borrow<py::tuple>(result);
-      EnvResult out;
-      out.observation = NestFromPython(t[0]);
-      out.reward = py::float_(t[1]).cast<double>();
-      out.terminated = PyObject_IsTrue(t[2].ptr()) == 1;
-      out.truncated = PyObject_IsTrue(t[3].ptr()) == 1;
-      return out;
-    } catch (py::error_already_set& e) {
-      throw EnvError(std::string("env.step() raised ") + e.what());
-    }
+  EnvStep Step(const ArrayNest& action) override {
+    return Read("stream.step()", [this, &action] { return stream_->attr("step")(NestToPython(action)); });
   }
 
  private:
-  py::object* env_;  // Deleted with the GIL held.
+  template <typename Call>
+  EnvStep Read(const std::string& name, Call call) {
+    py::gil_scoped_acquire gil;
+    py::object record;
+    try {
+      record = call();
+    } catch (py::error_already_set& e) {
+      throw CallError(name, e, env_error_type_);
+    }
+    try {
+      return StepFromRecord(record);
+    } catch (const std::exception& e) {  // EnvError naming the field, or a Python error.
+      throw EnvError(name + " returned a bad record: " + e.what());
+    }
+  }
+
+  py::object* stream_;               // Deleted with the GIL held.
+  const py::handle env_error_type_;  // libtorchbeast.EnvError, kept alive by the module.
 };
 
-EnvFactory MakeFactory(py::object factory) {
+EnvFactory MakeFactory(py::object factory, py::handle env_error_type) {
   std::shared_ptr<py::object> holder(new py::object(std::move(factory)), [](py::object* p) {
     py::gil_scoped_acquire gil;
     delete p;
   });
-  return [holder]() -> std::unique_ptr<Env> {
+  return [holder, env_error_type]() -> std::unique_ptr<Env> {
     py::gil_scoped_acquire gil;
     try {
-      auto env = std::make_unique<PyEnv>((*holder)());
+      auto env = std::make_unique<PyEnv>((*holder)(), env_error_type);
       // Keeps this thread's Python thread state until ~PyEnv, instead of making a new one
-      // for every reset() and step() of the stream.
+      // for every call of the stream.
       gil.inc_ref();
       return env;
     } catch (py::error_already_set& e) {
-      throw EnvError(std::string("env_factory() raised ") + e.what());
+      throw CallError("stream_factory()", e, env_error_type);
     }
   };
 }
@@ -121,26 +231,28 @@ py::dict StepToPython(const EnvStep& step) {
 
 void BindEnvServer(py::module_& m) {
   py::class_<EnvServer, std::shared_ptr<EnvServer>>(m, "Server", R"doc(
-A gRPC server that runs one Python environment per actor stream.
+A gRPC server that streams the step records of Python objects to actors, one object per actor
+stream. libtorchbeast.Server builds on it to serve Gymnasium-style envs.
 
-env_factory() is called once per stream (with the GIL held, like the env's methods) and must
-return a Gymnasium-style env: reset() -> (observation, info) and step(action) ->
-(observation, reward, terminated, truncated, info); close() is called when the stream ends, if
-the env has one. Observations are nests of arrays (dicts, lists, tuples, NumPy arrays). The
-action arrives as a nest of NumPy arrays (a discrete action is a 0-d int64 array).
-The server resets the env at episode end itself: the step that follows carries the new
-episode's first observation with done=True, truncated telling whether the episode ended by a
-time limit (truncated and not terminated), the ended episode's episode_step and
-episode_return and, when truncated, final_observation: the observation step() returned with
-truncated=True, before the reset.
-Errors raised by the env or the factory end that stream with a gRPC status carrying the Python
-error message (the actor pool raises it as EnvError); other streams go on.
+stream_factory() is called once per stream (with the GIL held, like the object's methods) and
+must return an object with initial() (the stream's first record) and step(action) (the next
+one), each returning a dict with exactly the keys of torchbeast.core.episodes.RECORD_KEYS:
+observation (a nest of arrays: dicts, lists, tuples, NumPy arrays), reward (a real number),
+done (a bool), truncated (a bool, only with done), episode_step (an int32), episode_return (a
+real number) and final_observation (a nest when truncated, None otherwise); close() is called
+when the stream ends, if the object has one. The server sends every record as it is: the object
+does the episode bookkeeping (torchbeast.core.episodes.EpisodeStream). The action arrives as a
+nest of NumPy arrays (a discrete action is a 0-d int64 array).
+An error raised by the factory or the object, or a bad record, ends that stream with a gRPC
+status carrying the message (the client raises it as EnvError): a libtorchbeast.EnvError's
+message as it is, other errors' prefixed with the call that raised them; other streams go on.
 address: "unix:/path/to/socket" or "host:port" (port 0 picks a free port: see `port`).
 run() blocks until stop(); start() returns once the server listens; all release the GIL.)doc")
-      .def(py::init([](py::object env_factory, std::string address) {
-             return ReleasingGilOnDelete(new EnvServer(MakeFactory(std::move(env_factory)), std::move(address)));
+      .def(py::init([env_error_type = py::handle(m.attr("EnvError"))](py::object stream_factory, std::string address) {
+             return ReleasingGilOnDelete(
+                 new EnvServer(MakeFactory(std::move(stream_factory), env_error_type), std::move(address)));
            }),
-           py::arg("env_factory"), py::arg("address"))
+           py::arg("stream_factory"), py::arg("address"))
       .def("run", &EnvServer::Run, py::call_guard<py::gil_scoped_release>(),
            "Serves until stop() (from another thread). Raises RuntimeError if the address cannot be bound.")
       .def("start", &EnvServer::Start, py::call_guard<py::gil_scoped_release>(),

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <utility>
@@ -41,17 +42,50 @@ ArrayNest RemoveTimeAndBatchDims(const ArrayNest& nest) {
   });
 }
 
-// One step's model inputs without "agent_state" (all [1, 1, ...]; see actor_pool.h).
-ArrayNest::Map StepInputs(const ArrayNest& observation, float reward, bool done, bool truncated,
-                          int32_t episode_step, float episode_return, const ArrayNest& last_action) {
+// An all-zeros nest of `nest`'s structure, shapes and dtypes.
+ArrayNest ZerosLike(const ArrayNest& nest) {
+  return nest.map([](const Array& a) { return Array::Zeros(a.dtype(), a.shape()); });
+}
+
+// The "final_observation" input of `step` (see actor_pool.h): `zeros` when it has none.
+ArrayNest FinalObservationInput(const EnvStep& step, const ArrayNest& zeros, const std::string& address) {
+  if (!step.final_observation) return zeros;
+  const std::string mismatch = DescribeMismatch(step.observation, *step.final_observation, /*batch_dim=*/-1);
+  if (!mismatch.empty()) {
+    throw InvalidArgument("ActorPool: the env server " + address +
+                          " sent a final_observation unlike its observation (" + mismatch + ")");
+  }
+  return AddTimeAndBatchDims(*step.final_observation);
+}
+
+// One step's Compute() inputs, named by kStepInputKeys (all [1, 1, ...]; see actor_pool.h).
+ArrayNest::Map StepInputs(const EnvStep& step, const ArrayNest& last_action, ArrayNest final_observation,
+                          const ArrayNest& agent_state) {
+  ArrayNest values[] = {AddTimeAndBatchDims(step.observation),
+                        Scalar11<float>(DType::kFloat32, step.reward),
+                        Scalar11<bool>(DType::kBool, step.done),
+                        Scalar11<bool>(DType::kBool, step.truncated),
+                        Scalar11<int32_t>(DType::kInt32, step.episode_step),
+                        Scalar11<float>(DType::kFloat32, step.episode_return),
+                        last_action,
+                        std::move(final_observation),
+                        agent_state};
+  static_assert(std::size(values) == ActorPool::kStepInputKeys.size());
+  ArrayNest::Map inputs;
+  for (std::size_t i = 0; i < std::size(values); ++i)
+    inputs.emplace(ActorPool::kStepInputKeys[i], std::move(values[i]));
+  return inputs;
+}
+
+bool IsStepInput(const std::string& key) {
+  const auto& keys = ActorPool::kStepInputKeys;
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
+}
+
+// The inputs a rollout entry keeps (kRolloutStepKeys).
+ArrayNest::Map RolloutStep(const ArrayNest::Map& inputs) {
   ArrayNest::Map entry;
-  entry.emplace("observation", AddTimeAndBatchDims(observation));
-  entry.emplace("reward", Scalar11<float>(DType::kFloat32, reward));
-  entry.emplace("done", Scalar11<bool>(DType::kBool, done));
-  entry.emplace("truncated", Scalar11<bool>(DType::kBool, truncated));
-  entry.emplace("episode_step", Scalar11<int32_t>(DType::kInt32, episode_step));
-  entry.emplace("episode_return", Scalar11<float>(DType::kFloat32, episode_return));
-  entry.emplace("last_action", last_action);
+  for (const char* key : ActorPool::kRolloutStepKeys) entry.emplace(key, inputs.at(key));
   return entry;
 }
 
@@ -67,20 +101,14 @@ const ArrayNest::Map& OutputMap(const ArrayNest& outputs) {
 
 ActorPool::ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                      std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> env_server_addresses,
-                     ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action,
-                     std::optional<std::string> truncation_value_key)
+                     ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action)
     : unroll_length_(unroll_length),
       learner_queue_(std::move(learner_queue)),
       inference_batcher_(std::move(inference_batcher)),
       addresses_(std::move(env_server_addresses)),
       initial_agent_state_(std::move(initial_agent_state)),
-      initial_action_(initial_action ? std::move(*initial_action)
-                                     : ArrayNest(Scalar11<int64_t>(DType::kInt64, 0))),
-      truncation_value_key_(std::move(truncation_value_key)) {
+      initial_action_(initial_action ? std::move(*initial_action) : ArrayNest(Scalar11<int64_t>(DType::kInt64, 0))) {
   if (unroll_length_ < 1) throw InvalidArgument("ActorPool: unroll_length must be >= 1");
-  if (truncation_value_key_ && truncation_value_key_->empty()) {
-    throw InvalidArgument("ActorPool: truncation_value_key must be a model output name or None, got ''");
-  }
   if (!learner_queue_) throw InvalidArgument("ActorPool: learner_queue is None");
   if (!inference_batcher_) throw InvalidArgument("ActorPool: inference_batcher is None");
   if (addresses_.empty()) throw InvalidArgument("ActorPool: no env server addresses");
@@ -127,36 +155,6 @@ void ActorPool::Stop() {
     if (client) client->Cancel();
 }
 
-float ActorPool::TruncationValue(const EnvStep& step, const ArrayNest& last_action, const ArrayNest& agent_state) {
-  const std::string& key = *truncation_value_key_;
-  if (!step.final_observation) {
-    throw Error("ActorPool: the env server sent a truncated step without final_observation (an older server?); "
-                "pass truncation_value_key=None to do without time-limit bootstrapping");
-  }
-  // The cut episode's last transition, as if it had gone on.
-  ArrayNest::Map inputs = StepInputs(*step.final_observation, step.reward, /*done=*/false, /*truncated=*/false,
-                                     step.episode_step, step.episode_return, last_action);
-  inputs.emplace("agent_state", agent_state);
-  ArrayNest outputs = inference_batcher_->Compute(ArrayNest(std::move(inputs)));
-
-  const ArrayNest::Map& out = OutputMap(outputs);
-  auto found = out.find(key);
-  if (found == out.end()) {
-    throw InvalidArgument("ActorPool: truncation_value_key '" + key +
-                          "' is not among the model's outputs; pass the name of the value (baseline) output, or "
-                          "None to do without time-limit bootstrapping");
-  }
-  if (!found->second.is_leaf() || found->second.leaf().dtype() != DType::kFloat32 ||
-      found->second.leaf().numel() != 1) {
-    std::string got = found->second.is_leaf() ? std::string(DTypeName(found->second.leaf().dtype())) + " " +
-                                                    ShapeString(found->second.leaf().shape())
-                                              : found->second.KindName();
-    throw InvalidArgument("ActorPool: the model output '" + key +
-                          "' (truncation_value_key) must be float32 with one value per actor ([1, 1]), got " + got);
-  }
-  return *static_cast<const float*>(found->second.leaf().data());
-}
-
 bool ActorPool::stopping() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stop_;
@@ -177,38 +175,49 @@ void ActorPool::Fail(std::exception_ptr error) {
 
 void ActorPool::RunActor(std::size_t index) {
   const std::string& address = addresses_[index];
-  std::chrono::milliseconds backoff = kInitialBackoff;
+  const std::string actor = "actor " + std::to_string(index);
+  Connection connection{kInitialBackoff};
+  bool said_waiting = false;
   while (!stopping()) {
     try {
-      Stream(index, &backoff);
+      Stream(index, &connection);
     } catch (const ClosedError&) {
       Stop();  // The learner queue or the batcher was closed, or Stop() cancelled the stream.
       return;
     } catch (const RpcError& e) {
       if (stopping()) return;
-      Log("actor " + std::to_string(index) + ": " + e.what() + "; reconnecting in " +
-          std::to_string(backoff.count()) + " ms");
-      if (!SleepUnlessStopped(backoff)) return;
-      backoff = std::min(2 * backoff, kMaxBackoff);
+      if (connection.connected_once) {
+        Log(actor + ": " + e.what() + "; reconnecting in " + std::to_string(connection.backoff.count()) + " ms");
+      } else if (!said_waiting) {  // Servers often start after the learner: say it once.
+        Log(actor + ": waiting for env server " + address + " (not reachable yet: " + e.what() + ")");
+        said_waiting = true;
+      }
+      if (!SleepUnlessStopped(connection.backoff)) return;
+      connection.backoff = std::min(2 * connection.backoff, kMaxBackoff);
     } catch (const std::exception& e) {
-      Log("actor " + std::to_string(index) + " (" + address + ") failed: " + e.what());
+      Log(actor + " (" + address + ") failed: " + e.what());
       Fail(std::current_exception());
       return;
     }
   }
 }
 
-void ActorPool::Stream(std::size_t index, std::chrono::milliseconds* backoff) {
-  auto client = std::make_shared<EnvClient>(addresses_[index]);
+void ActorPool::Stream(std::size_t index, Connection* connection) {
+  const std::string& address = addresses_[index];
+  auto client = std::make_shared<EnvClient>(address);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stop_) return;
     clients_[index] = client;
   }
   EnvStep step = client->Connect();
-  if (*backoff > kInitialBackoff) Log("actor " + std::to_string(index) + ": reconnected to " + addresses_[index]);
-  *backoff = kInitialBackoff;
+  if (connection->connected_once && connection->backoff > kInitialBackoff) {
+    Log("actor " + std::to_string(index) + ": reconnected to " + address);
+  }
+  connection->connected_once = true;
+  connection->backoff = kInitialBackoff;
 
+  const ArrayNest no_final_observation = ZerosLike(AddTimeAndBatchDims(step.observation));
   ArrayNest agent_state = initial_agent_state_;
   ArrayNest last_action = initial_action_;
   std::vector<ArrayNest> rollout;
@@ -217,14 +226,9 @@ void ActorPool::Stream(std::size_t index, std::chrono::milliseconds* backoff) {
 
   for (;;) {
     if (stopping()) throw ClosedError("ActorPool is stopping");
-    ArrayNest::Map entry = StepInputs(step.observation, step.reward, step.done, step.truncated, step.episode_step,
-                                      step.episode_return, last_action);
-    ArrayNest::Map inputs = entry;
-    inputs.emplace("agent_state", agent_state);
-    if (truncation_value_key_) {  // Before the call for the new episode (see "Time limits").
-      const float value = step.truncated ? TruncationValue(step, last_action, agent_state) : 0.0f;
-      entry.emplace(kTruncationValueEntry, Scalar11<float>(DType::kFloat32, value));
-    }
+    ArrayNest::Map inputs =
+        StepInputs(step, last_action, FinalObservationInput(step, no_final_observation, address), agent_state);
+    ArrayNest::Map entry = RolloutStep(inputs);
 
     ArrayNest outputs = inference_batcher_->Compute(ArrayNest(std::move(inputs)));
 
@@ -235,13 +239,10 @@ void ActorPool::Stream(std::size_t index, std::chrono::milliseconds* backoff) {
     for (const auto& [key, value] : out) {
       if (key == "agent_state") {
         next_agent_state = value;
-      } else if (!entry.emplace(key, value).second) {
-        if (key == kTruncationValueEntry) {
-          throw InvalidArgument(std::string("ActorPool: the model output '") + kTruncationValueEntry +
-                                "' has the name of the rollout entry the actors add for truncated episodes; rename "
-                                "it or pass truncation_value_key=None");
-        }
+      } else if (IsStepInput(key)) {
         throw InvalidArgument("ActorPool: the model output '" + key + "' has the name of an actor input");
+      } else {
+        entry.emplace(key, value);
       }
     }
     rollout.emplace_back(std::move(entry));

@@ -2,9 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -71,6 +72,13 @@ int32_t EnvId(const ArrayNest& rollout, int64_t t = 0) {
   return static_cast<const int32_t*>(rollout.map().at("observation").map().at("id").leaf().data())[t];
 }
 
+// How often `part` occurs in `text`.
+int Count(const std::string& text, const std::string& part) {
+  int n = 0;
+  for (auto at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
 TEST(ActorPoolTest, RolloutsHaveTheRightShapesAndOverlap) {
   constexpr int64_t kUnroll = 4;
   EnvServer a(Counting(/*id=*/0, /*episode_length=*/6), TempSocket("a"));
@@ -88,11 +96,12 @@ TEST(ActorPoolTest, RolloutsHaveTheRightShapesAndOverlap) {
     const ArrayNest& rollout = item.map().at("rollout");
     const auto& m = rollout.map();
     EXPECT_EQ(m.at("observation").map().at("frame").leaf().shape(), (std::vector<int64_t>{kUnroll + 1, 1, 2, 3}));
-    for (const char* key : {"reward", "done", "truncated", "episode_step", "episode_return", "last_action", "action",
-                            "baseline"}) {
+    for (const char* key :
+         {"reward", "done", "truncated", "episode_step", "episode_return", "last_action", "action", "baseline"}) {
       EXPECT_EQ(m.at(key).leaf().shape(), (std::vector<int64_t>{kUnroll + 1, 1})) << key;
     }
     EXPECT_EQ(m.count("agent_state"), 0u);
+    EXPECT_EQ(m.count("final_observation"), 0u);
     EXPECT_EQ(m.at("done").leaf().dtype(), DType::kBool);
     const Array& state = item.map().at("initial_agent_state").vector()[0].leaf();
     EXPECT_EQ(state.shape(), (std::vector<int64_t>{1, 1, 2}));
@@ -118,7 +127,8 @@ TEST(ActorPoolTest, RolloutsHaveTheRightShapesAndOverlap) {
       }
       if (k > 0) {  // Overlap by one: same last/first step.
         const ArrayNest& prev = items[k - 1].map().at("rollout");
-        const auto* prev_frame = static_cast<const uint8_t*>(prev.map().at("observation").map().at("frame").leaf().data());
+        const auto* prev_frame =
+            static_cast<const uint8_t*>(prev.map().at("observation").map().at("frame").leaf().data());
         EXPECT_EQ(prev_frame[kUnroll * 6], frame[0]);
       }
     }
@@ -126,38 +136,30 @@ TEST(ActorPoolTest, RolloutsHaveTheRightShapesAndOverlap) {
 }
 
 // A model for truncating CountingEnvs: action = frame + 1, baseline = 10 * frame + id + 0.5,
-// agent_state + 1. Records the inputs of every call made on a final observation (frame ==
-// episode_length, which no ordinary step shows: the server resets first).
+// truncation_value = 10 * frame + id of "final_observation" (0 for zeros), agent_state + 1.
+// Records what every call received.
 class TruncationModel {
  public:
-  struct FinalCall {
-    int32_t id, episode_step;
-    bool done, truncated;
-    float reward, episode_return, state;
-    int64_t last_action;
+  struct Call {
+    std::vector<std::string> keys;  // The input keys.
+    bool truncated;
+    int32_t id;
+    std::vector<int64_t> final_frame_shape, final_id_shape;
+    DType final_frame_dtype, final_id_dtype;
+    std::vector<uint8_t> final_frame;  // The caller's 6 elements.
+    int32_t final_id;
   };
 
-  TruncationModel(DynamicBatcher* batcher, int32_t episode_length, std::string baseline_key = "baseline",
-                   std::vector<int64_t> baseline_shape = {1})
-      : thread_([this, batcher, episode_length, baseline_key, baseline_shape] {
-          Loop(batcher, episode_length, baseline_key, baseline_shape);
-        }) {}
+  explicit TruncationModel(DynamicBatcher* batcher) : thread_([this, batcher] { Loop(batcher); }) {}
   ~TruncationModel() { thread_.join(); }
 
-  std::vector<FinalCall> final_calls() {
+  std::vector<Call> calls() {
     std::lock_guard<std::mutex> lock(mu_);
-    return final_calls_;
+    return calls_;
   }
 
  private:
-  template <typename T>
-  static T At(const ArrayNest::Map& inputs, const char* key, int64_t i) {
-    return static_cast<const T*>(inputs.at(key).leaf().data())[i];
-  }
-
-  // `baseline_shape`: per-caller trailing shape of the baseline output ([1, B, *shape[1:]]).
-  void Loop(DynamicBatcher* batcher, int32_t episode_length, const std::string& baseline_key,
-            const std::vector<int64_t>& baseline_shape) {
+  void Loop(DynamicBatcher* batcher) {
     try {
       for (;;) {
         auto batch = batcher->GetBatch();
@@ -167,162 +169,184 @@ class TruncationModel {
         Array next(DType::kFloat32, state.shape());
         for (int64_t i = 0; i < state.numel(); ++i)
           static_cast<float*>(next.data())[i] = static_cast<const float*>(state.data())[i] + 1.0f;
-        std::vector<int64_t> shape = {1, b};
-        shape.insert(shape.end(), baseline_shape.begin() + 1, baseline_shape.end());
-        Array baseline = Array::Zeros(DType::kFloat32, shape);
-        Array action(DType::kInt64, {1, b});
+        Array baseline(DType::kFloat32, {1, b}), truncation_value(DType::kFloat32, {1, b}),
+            action(DType::kInt64, {1, b});
         const auto* frames = static_cast<const uint8_t*>(in.at("observation").map().at("frame").leaf().data());
         const auto* ids = static_cast<const int32_t*>(in.at("observation").map().at("id").leaf().data());
-        const int64_t per_caller = baseline.numel() / b;
+        const Array& final_frame = in.at("final_observation").map().at("frame").leaf();
+        const Array& final_id = in.at("final_observation").map().at("id").leaf();
+        const auto* final_frames = static_cast<const uint8_t*>(final_frame.data());
+        const auto* final_ids = static_cast<const int32_t*>(final_id.data());
+        const auto* truncated = static_cast<const bool*>(in.at("truncated").leaf().data());
         for (int64_t i = 0; i < b; ++i) {
-          const uint8_t frame = frames[i * 6];
-          static_cast<float*>(baseline.data())[i * per_caller] = 10.0f * frame + static_cast<float>(ids[i]) + 0.5f;
-          static_cast<int64_t*>(action.data())[i] = frame + 1;
-          if (frame == episode_length) {
-            std::lock_guard<std::mutex> lock(mu_);
-            final_calls_.push_back({ids[i], At<int32_t>(in, "episode_step", i), At<bool>(in, "done", i),
-                                    At<bool>(in, "truncated", i), At<float>(in, "reward", i),
-                                    At<float>(in, "episode_return", i), static_cast<const float*>(state.data())[i * 2],
-                                    static_cast<const int64_t*>(in.at("last_action").leaf().data())[i]});
-          }
+          static_cast<float*>(baseline.data())[i] = 10.0f * frames[i * 6] + static_cast<float>(ids[i]) + 0.5f;
+          static_cast<float*>(truncation_value.data())[i] =
+              10.0f * final_frames[i * 6] + static_cast<float>(final_ids[i]);
+          static_cast<int64_t*>(action.data())[i] = frames[i * 6] + 1;
+          Call call{{},
+                    truncated[i],
+                    ids[i],
+                    final_frame.shape(),
+                    final_id.shape(),
+                    final_frame.dtype(),
+                    final_id.dtype(),
+                    std::vector<uint8_t>(final_frames + i * 6, final_frames + i * 6 + 6),
+                    final_ids[i]};
+          for (const auto& entry : in) call.keys.push_back(entry.first);
+          std::lock_guard<std::mutex> lock(mu_);
+          calls_.push_back(std::move(call));
         }
-        batch->SetOutputs(ArrayNest(ArrayNest::Map{
-            {baseline_key, baseline}, {"action", action}, {"agent_state", ArrayNest::Vector{next}}}));
+        batch->SetOutputs(ArrayNest(ArrayNest::Map{{"baseline", baseline},
+                                                   {"truncation_value", truncation_value},
+                                                   {"action", action},
+                                                   {"agent_state", ArrayNest::Vector{next}}}));
       }
     } catch (const ClosedError&) {
     }
   }
 
   std::mutex mu_;
-  std::vector<FinalCall> final_calls_ /* GUARDED_BY(mu_) */;
+  std::vector<Call> calls_ /* GUARDED_BY(mu_) */;
   std::thread thread_;  // Last: starts after the fields above exist.
 };
 
 EnvFactory Truncating(int32_t id, int32_t episode_length) {
-  return [=]() -> std::unique_ptr<Env> {
-    return std::make_unique<CountingEnv>(id, episode_length, /*truncate=*/true);
-  };
+  return [=]() -> std::unique_ptr<Env> { return std::make_unique<CountingEnv>(id, episode_length, /*truncate=*/true); };
 }
 
-TEST(ActorPoolTest, TruncatedStepsGetTheValueOfTheFinalObservation) {
+std::vector<std::string> Sorted(std::vector<std::string> keys) {
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+template <std::size_t N>
+std::vector<std::string> Keys(const std::array<const char*, N>& keys, std::vector<std::string> more = {}) {
+  more.insert(more.end(), keys.begin(), keys.end());
+  return Sorted(std::move(more));
+}
+
+TEST(ActorPoolTest, TheModelGetsTheFinalObservationOnTruncatedStepsAndZerosOtherwise) {
   constexpr int64_t kUnroll = 4;
   constexpr int32_t kEpisode = 3;
-  EnvServer a(Truncating(/*id=*/0, kEpisode), TempSocket("a"));
-  EnvServer b(Truncating(/*id=*/1, kEpisode), TempSocket("b"));
+  EnvServer a(Truncating(/*id=*/1, kEpisode), TempSocket("a"));
+  EnvServer b(Truncating(/*id=*/2, kEpisode), TempSocket("b"));
+  a.Start();
+  b.Start();
+  Fixture f;
+  std::vector<TruncationModel::Call> calls;
+  {
+    TruncationModel model(f.batcher.get());
+    ActorPool pool(kUnroll, f.learner_queue, f.batcher, {a.address(), b.address()}, InitialState());
+    std::thread runner([&pool] { pool.Run(); });
+    for (int i = 0; i < 6; ++i) f.learner_queue->DequeueMany();
+    f.Close();
+    runner.join();
+    calls = model.calls();
+  }
+  int truncated_calls = 0;
+  for (const auto& call : calls) {
+    EXPECT_EQ(Sorted(call.keys), Keys(ActorPool::kStepInputKeys));
+    // The observation's structure, shapes and dtypes, with the leading [1, B].
+    ASSERT_EQ(call.final_frame_shape.size(), 4u);
+    EXPECT_EQ(call.final_frame_shape[0], 1);
+    EXPECT_EQ(std::vector<int64_t>(call.final_frame_shape.begin() + 2, call.final_frame_shape.end()),
+              (std::vector<int64_t>{2, 3}));
+    EXPECT_EQ(call.final_frame_dtype, DType::kUInt8);
+    EXPECT_EQ(call.final_id_shape.size(), 2u);
+    EXPECT_EQ(call.final_id_dtype, DType::kInt32);
+    // The cut episode's last observation (frame = kEpisode) on truncated steps, zeros otherwise.
+    const uint8_t frame = call.truncated ? kEpisode : 0;
+    EXPECT_EQ(call.final_frame, std::vector<uint8_t>(6, frame)) << "truncated " << call.truncated;
+    EXPECT_EQ(call.final_id, call.truncated ? call.id : 0);
+    truncated_calls += call.truncated;
+  }
+  EXPECT_GE(truncated_calls, 4);
+  EXPECT_GT(static_cast<int>(calls.size()), 2 * truncated_calls);
+}
+
+TEST(ActorPoolTest, RolloutsKeepTheTruncationValueOutputBesideItsStepButNotTheFinalObservation) {
+  constexpr int64_t kUnroll = 4;
+  constexpr int32_t kEpisode = 3;
+  EnvServer a(Truncating(/*id=*/1, kEpisode), TempSocket("a"));
+  EnvServer b(Truncating(/*id=*/2, kEpisode), TempSocket("b"));
   a.Start();
   b.Start();
   Fixture f;
   std::vector<ArrayNest> items;
-  std::vector<TruncationModel::FinalCall> final_calls;
   {
-    TruncationModel model(f.batcher.get(), kEpisode);
+    TruncationModel model(f.batcher.get());
     ActorPool pool(kUnroll, f.learner_queue, f.batcher, {a.address(), b.address()}, InitialState());
     std::thread runner([&pool] { pool.Run(); });
     for (int i = 0; i < 12; ++i) items.push_back(f.learner_queue->DequeueMany());
     f.Close();
     runner.join();
-    final_calls = model.final_calls();
   }
 
   std::map<int32_t, int> rollouts_per_env;
   int truncated_steps = 0;
   for (const ArrayNest& item : items) {
-    const ArrayNest& rollout = item.map().at("rollout");
-    const int32_t id = EnvId(rollout);
+    const ArrayNest::Map& rollout = item.map().at("rollout").map();
+    std::vector<std::string> keys;
+    for (const auto& entry : rollout) keys.push_back(entry.first);
+    EXPECT_EQ(keys, Keys(ActorPool::kRolloutStepKeys, {"action", "baseline", "truncation_value"}));
+    const int32_t id = EnvId(item.map().at("rollout"));
     const int k = rollouts_per_env[id]++;
-    const Array& value = rollout.map().at("truncation_value").leaf();
+    const Array& value = rollout.at("truncation_value").leaf();
     ASSERT_EQ(value.dtype(), DType::kFloat32);
     ASSERT_EQ(value.shape(), (std::vector<int64_t>{kUnroll + 1, 1}));
     const auto* values = static_cast<const float*>(value.data());
-    const auto* done = static_cast<const bool*>(rollout.map().at("done").leaf().data());
-    const auto* truncated = static_cast<const bool*>(rollout.map().at("truncated").leaf().data());
+    const auto* baselines = static_cast<const float*>(rollout.at("baseline").leaf().data());
+    const auto* done = static_cast<const bool*>(rollout.at("done").leaf().data());
+    const auto* truncated = static_cast<const bool*>(rollout.at("truncated").leaf().data());
+    const auto* frames = static_cast<const uint8_t*>(rollout.at("observation").map().at("frame").leaf().data());
     for (int64_t t = 0; t <= kUnroll; ++t) {
       const int64_t global_step = static_cast<int64_t>(k) * kUnroll + t;
       const bool cut = global_step > 0 && global_step % kEpisode == 0;
       EXPECT_EQ(done[t], global_step % kEpisode == 0);
       EXPECT_EQ(truncated[t], cut);
-      // The model's baseline for the final observation (frame == kEpisode) on cut steps only.
-      EXPECT_EQ(values[t], cut ? 10.0f * kEpisode + static_cast<float>(id) + 0.5f : 0.0f)
+      // The model's value of the final observation (frame kEpisode), on the cut step itself.
+      EXPECT_EQ(values[t], cut ? 10.0f * kEpisode + static_cast<float>(id) : 0.0f)
           << "env " << id << " step " << global_step;
+      EXPECT_EQ(baselines[t], 10.0f * frames[t * 6] + static_cast<float>(id) + 0.5f);
       if (cut && t > 0) ++truncated_steps;
     }
-    // The extra calls' agent states were discarded: one increment per ordinary step.
+    // One Compute() call per step: the state went up by one per step.
     const float s = static_cast<const float*>(item.map().at("initial_agent_state").vector()[0].leaf().data())[0];
     EXPECT_EQ(s, static_cast<float>(k * kUnroll));
   }
   EXPECT_GE(truncated_steps, 8);
-
-  // The extra calls saw the final observation with the cut episode's last transition:
-  // actions 1, 2, 3 (frame + 1) gave rewards 2, 3, 4.
-  ASSERT_GE(final_calls.size(), static_cast<std::size_t>(truncated_steps));
-  for (const auto& call : final_calls) {
-    EXPECT_FALSE(call.done);
-    EXPECT_FALSE(call.truncated);
-    EXPECT_EQ(call.episode_step, kEpisode);
-    EXPECT_EQ(call.reward, 4.0f);
-    EXPECT_EQ(call.episode_return, 9.0f);
-    EXPECT_EQ(call.last_action, kEpisode);
-    // The actor's current state: one increment per ordinary step of the stream so far.
-    EXPECT_EQ(std::fmod(call.state, static_cast<float>(kEpisode)), 0.0f);
-    EXPECT_GT(call.state, 0.0f);
-  }
 }
 
-TEST(ActorPoolTest, TruncationValueCanBeTurnedOff) {
-  EnvServer a(Truncating(/*id=*/0, /*episode_length=*/2), TempSocket("a"));
-  a.Start();
-  Fixture f;
-  std::vector<TruncationModel::FinalCall> final_calls;
-  {
-    TruncationModel model(f.batcher.get(), /*episode_length=*/2);
-    ActorPool pool(/*unroll_length=*/3, f.learner_queue, f.batcher, {a.address()}, InitialState(),
-                   /*initial_action=*/std::nullopt, /*truncation_value_key=*/std::nullopt);
-    std::thread runner([&pool] { pool.Run(); });
-    for (int i = 0; i < 3; ++i) {
-      const ArrayNest item = f.learner_queue->DequeueMany();
-      EXPECT_EQ(item.map().at("rollout").map().count("truncation_value"), 0u);
-    }
-    f.Close();
-    runner.join();
-    final_calls = model.final_calls();
+// A truncating CountingEnv whose final observations have another shape.
+class MisshapenFinalEnv : public CountingEnv {
+ public:
+  MisshapenFinalEnv() : CountingEnv(/*id=*/0, /*episode_length=*/2, /*truncate=*/true) {}
+  EnvStep Step(const ArrayNest& action) override {
+    EnvStep step = CountingEnv::Step(action);
+    if (step.final_observation) step.final_observation->map().at("frame") = Array::Zeros(DType::kUInt8, {3, 2});
+    return step;
   }
-  EXPECT_TRUE(final_calls.empty());  // No extra calls.
-}
+};
 
-// Runs a pool over one truncating env and returns the message Run() threw (InvalidArgument).
-std::string TruncationError(const std::string& baseline_key, std::vector<int64_t> baseline_shape,
-                            std::optional<std::string> truncation_value_key = "baseline") {
-  EnvServer a(Truncating(/*id=*/0, /*episode_length=*/2), TempSocket("a"));
+TEST(ActorPoolTest, AFinalObservationUnlikeTheObservationIsInvalidArgument) {
+  const std::string address = TempSocket("a");
+  EnvServer a([]() -> std::unique_ptr<Env> { return std::make_unique<MisshapenFinalEnv>(); }, address);
   a.Start();
   Fixture f;
-  TruncationModel model(f.batcher.get(), /*episode_length=*/2, baseline_key, std::move(baseline_shape));
-  std::thread learner([&f] {
-    try {
-      for (;;) f.learner_queue->DequeueMany();
-    } catch (const ClosedError&) {
-    }
-  });
-  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {a.address()}, InitialState(),
-                 /*initial_action=*/std::nullopt, std::move(truncation_value_key));
-  std::string message = "no error";
+  std::thread model(Model, f.batcher.get(), true);
+  ActorPool pool(/*unroll_length=*/5, f.learner_queue, f.batcher, {address}, InitialState());
   try {
     pool.Run();
+    FAIL() << "expected InvalidArgument";
   } catch (const InvalidArgument& e) {
-    message = e.what();
+    const std::string message = e.what();
+    EXPECT_NE(message.find("env server " + address + " sent a final_observation unlike its observation"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("at ['frame']: shape [3, 2], expected [2, 3]"), std::string::npos) << message;
   }
   f.Close();
-  learner.join();
-  return message;
-}
-
-TEST(ActorPoolTest, BadTruncationValueOutputsAreRethrownByRun) {
-  EXPECT_NE(TruncationError("value", {1}).find("truncation_value_key 'baseline' is not among"), std::string::npos);
-  EXPECT_NE(TruncationError("baseline", {1, 2})
-                .find("float32 with one value per actor ([1, 1]), got float32 [1, 1, 2]"),
-            std::string::npos);
-  EXPECT_NE(TruncationError("truncation_value", {1}, /*truncation_value_key=*/"truncation_value")
-                .find("'truncation_value' has the name of the rollout entry"),
-            std::string::npos);
+  model.join();
 }
 
 TEST(ActorPoolTest, EnvErrorIsRethrownByRun) {
@@ -368,6 +392,7 @@ TEST(ActorPoolTest, SurvivesAServerThatGoesAway) {
   Fixture f;
   std::thread model(Model, f.batcher.get(), true);
   ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {address_a, b.address()}, InitialState());
+  ::testing::internal::CaptureStderr();
   std::thread runner([&pool] { pool.Run(); });
 
   auto count_ids = [&f](int n) {
@@ -398,18 +423,46 @@ TEST(ActorPoolTest, SurvivesAServerThatGoesAway) {
   f.Close();
   runner.join();
   model.join();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_GE(Count(log, "; reconnecting in "), 1) << log;
+  EXPECT_GE(Count(log, "actor 0: reconnected to " + address_a), 1) << log;
 }
 
 TEST(ActorPoolTest, StopWithoutServers) {
   Fixture f;
-  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {TempSocket("nobody")}, InitialState());
+  const std::string address = TempSocket("nobody");
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {address}, InitialState());
   std::thread stopper([&pool] {
-    std::this_thread::sleep_for(milliseconds(200));
+    std::this_thread::sleep_for(milliseconds(500));  // Several retries (50, 100, 200 ms, ...).
     pool.Stop();
   });
+  ::testing::internal::CaptureStderr();
   pool.Run();  // Retries until stopped, then returns normally.
+  const std::string log = ::testing::internal::GetCapturedStderr();
   stopper.join();
   EXPECT_EQ(pool.count(), 0);
+  // Said once, not at every retry.
+  EXPECT_EQ(Count(log, "actor 0: waiting for env server " + address + " (not reachable yet: "), 1) << log;
+  EXPECT_EQ(Count(log, "reconnect"), 0) << log;
+}
+
+TEST(ActorPoolTest, WaitsForAServerThatStartsLate) {
+  const std::string address = TempSocket("late");
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), true);
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {address}, InitialState());
+  ::testing::internal::CaptureStderr();
+  std::thread runner([&pool] { pool.Run(); });
+  std::this_thread::sleep_for(milliseconds(400));
+  EnvServer server(Counting(/*id=*/0, /*episode_length=*/1000), address);
+  server.Start();
+  EXPECT_EQ(EnvId(f.learner_queue->DequeueMany().map().at("rollout")), 0);
+  f.Close();
+  runner.join();
+  model.join();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(Count(log, "waiting for env server"), 1) << log;
+  EXPECT_EQ(Count(log, "reconnect"), 0) << log;
 }
 
 TEST(ActorPoolTest, InvalidArguments) {
@@ -422,7 +475,7 @@ TEST(ActorPoolTest, InvalidArguments) {
                InvalidArgument);
   EXPECT_THROW(ActorPool(/*unroll_length=*/2, nullptr, f.batcher, {"unix:/x"}, InitialState()), InvalidArgument);
   EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {"unix:/x"}, InitialState(),
-                         /*initial_action=*/std::nullopt, /*truncation_value_key=*/""),
+                         /*initial_action=*/ArrayNest(Array::Zeros(DType::kInt64, {1}))),
                InvalidArgument);
 }
 

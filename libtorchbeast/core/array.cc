@@ -263,9 +263,10 @@ std::string Describe(const ArrayNest& spec, const ArrayNest& nest, int64_t batch
     bool same = a.ndim() == s.ndim() && a.ndim() > batch_dim;
     for (int64_t i = 0; same && i < a.ndim(); ++i) same = i == batch_dim || a.shape()[i] == s.shape()[i];
     if (!same) {
-      return where + ": shape " + ShapeString(a.shape()) + ", expected " + ShapeString(s.shape()) +
-             " (any size at batch dim " + std::to_string(batch_dim) + ")";
+      const std::string any_size = batch_dim < 0 ? "" : " (any size at batch dim " + std::to_string(batch_dim) + ")";
+      return where + ": shape " + ShapeString(a.shape()) + ", expected " + ShapeString(s.shape()) + any_size;
     }
+    if (batch_dim < 0) return "";
     if (*batch_size < 0) *batch_size = a.shape()[batch_dim];
     if (a.shape()[batch_dim] != *batch_size) {
       return where + ": batch size " + std::to_string(a.shape()[batch_dim]) + " (shape " +

@@ -109,8 +109,9 @@ std::vector<ArrayNest> SplitNest(const ArrayNest& nest, int64_t dim, const std::
 int64_t BatchSize(const ArrayNest& nest, int64_t dim);
 
 // Checks that `nest` has the structure and dtypes of `spec` and the same shapes except at
-// `batch_dim`, and that its leaves agree on their size at `batch_dim`. Returns "" when they do,
-// otherwise a description such as "at ['frame']: dtype float32, expected uint8".
+// `batch_dim`, and that its leaves agree on their size at `batch_dim`; with batch_dim = -1,
+// that every shape is equal. Returns "" when they do, otherwise a description such as
+// "at ['frame']: dtype float32, expected uint8".
 std::string DescribeMismatch(const ArrayNest& spec, const ArrayNest& nest, int64_t batch_dim);
 
 }  // namespace torchbeast

@@ -161,5 +161,14 @@ TEST(ArrayNestTest, DescribeMismatchNamesThePath) {
             std::string::npos);
 }
 
+TEST(ArrayNestTest, DescribeMismatchWithoutBatchDimWantsEqualShapes) {
+  ArrayNest spec(ArrayNest::Map{{"frame", Array(DType::kUInt8, {1, 4})}, {"x", Array(DType::kFloat32, {})}});
+  EXPECT_EQ(DescribeMismatch(spec, spec, /*batch_dim=*/-1), "");
+  ArrayNest bigger(ArrayNest::Map{{"frame", Array(DType::kUInt8, {3, 4})}, {"x", Array(DType::kFloat32, {})}});
+  EXPECT_EQ(DescribeMismatch(spec, bigger, /*batch_dim=*/-1), "at ['frame']: shape [3, 4], expected [1, 4]");
+  ArrayNest wrong_dtype(ArrayNest::Map{{"frame", Array(DType::kUInt8, {1, 4})}, {"x", Array(DType::kFloat64, {})}});
+  EXPECT_EQ(DescribeMismatch(spec, wrong_dtype, /*batch_dim=*/-1), "at ['x']: dtype float64, expected float32");
+}
+
 }  // namespace
 }  // namespace torchbeast

@@ -28,10 +28,10 @@ class EnvClient {
   EnvClient(const EnvClient&) = delete;
   EnvClient& operator=(const EnvClient&) = delete;
 
-  // Opens a new stream (ending any previous one) and returns the first step, right after the
-  // server reset its env. Throws RpcError when the server cannot be reached or the stream
-  // breaks (retrying may help), EnvError when the server's env failed, InvalidArgument when
-  // the server could not decode an action, ClosedError after Cancel().
+  // Opens a new stream (ending any previous one) and returns its first step. Throws RpcError
+  // when the server cannot be reached or the stream breaks (retrying may help), EnvError when
+  // the server's env failed, InvalidArgument when the server could not decode an action,
+  // ClosedError after Cancel().
   EnvStep Connect();
   // Sends an action and returns the next step. Throws like Connect(); Error without a stream.
   EnvStep Step(const ArrayNest& action);

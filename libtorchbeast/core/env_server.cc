@@ -10,6 +10,21 @@
 #include "rpcenv.grpc.pb.h"
 
 namespace torchbeast {
+namespace {
+
+// Every field as it is: the server adds no rule of its own.
+void StepToProto(const EnvStep& step, rpcenv::Step* proto) {
+  proto->Clear();
+  NestToProto(step.observation, proto->mutable_observation());
+  proto->set_reward(step.reward);
+  proto->set_done(step.done);
+  proto->set_truncated(step.truncated);
+  proto->set_episode_step(step.episode_step);
+  proto->set_episode_return(step.episode_return);
+  if (step.final_observation) NestToProto(*step.final_observation, proto->mutable_final_observation());
+}
+
+}  // namespace
 
 class EnvServer::Service final : public rpcenv::StreamingEnv::Service {
  public:
@@ -33,33 +48,12 @@ class EnvServer::Service final : public rpcenv::StreamingEnv::Service {
     std::unique_ptr<Env> env = env_factory_();
     if (!env) throw EnvError("the env factory returned no environment");
     rpcenv::Step step;
-    NestToProto(env->Reset(), step.mutable_observation());
-    step.set_done(true);  // The first step of an episode.
+    StepToProto(env->Initial(), &step);
     if (!stream->Write(step)) return grpc::Status::OK;  // The client went away.
 
-    int32_t episode_step = 0;
-    double episode_return = 0.0;
     rpcenv::Action action;
     while (stream->Read(&action)) {  // Ends when the client closes or cancels the stream.
-      EnvResult result = env->Step(NestFromProto(action.mutable_action()));
-      ++episode_step;
-      episode_return += result.reward;
-      step.Clear();
-      step.set_reward(static_cast<float>(result.reward));
-      step.set_episode_step(episode_step);
-      step.set_episode_return(static_cast<float>(episode_return));
-      if (result.terminated || result.truncated) {
-        step.set_done(true);
-        if (result.truncated && !result.terminated) {  // Cut by a time limit: keep its last observation.
-          step.set_truncated(true);
-          NestToProto(result.observation, step.mutable_final_observation());
-        }
-        NestToProto(env->Reset(), step.mutable_observation());
-        episode_step = 0;
-        episode_return = 0.0;
-      } else {
-        NestToProto(result.observation, step.mutable_observation());
-      }
+      StepToProto(env->Step(NestFromProto(action.mutable_action())), &step);
       if (!stream->Write(step)) break;
     }
     return grpc::Status::OK;

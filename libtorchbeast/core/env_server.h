@@ -1,13 +1,9 @@
 // EnvServer: a gRPC server that runs one environment per client stream (rpcenv.proto).
 //
-// For every stream it makes an env with the factory, sends the first step after Reset(), and
-// answers each action with one step. When an episode ends (terminated or truncated) it resets
-// the env itself and sends the new episode's first observation with done = true, the
-// `truncated` flag of the ended episode (true only if it was truncated and not terminated),
-// that episode's length and return and, when truncated, its true final observation
-// (`final_observation`, the one Step() returned before the reset). Env failures
-// end the stream with status ABORTED carrying the error message; an action that cannot be
-// decoded ends it with INVALID_ARGUMENT.
+// For every stream it makes an env with the factory, sends its Initial() step and answers each
+// action with the env's Step(action), copying every field of the record as it is: the env does
+// the episode bookkeeping (see core/env.h). Env failures end the stream with status ABORTED
+// carrying the error message; an action that cannot be decoded ends it with INVALID_ARGUMENT.
 #pragma once
 
 #include <condition_variable>

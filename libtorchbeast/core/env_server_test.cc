@@ -3,7 +3,10 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/env_client.h"
@@ -23,95 +26,86 @@ EnvFactory Counting(int32_t episode_length, bool truncate = false, int64_t fail_
   };
 }
 
-TEST(EnvServerTest, StreamsStepsAndResetsAtEpisodeEnd) {
+// Streams a fixed list of records (the first from Initial()), whatever the actions.
+class ScriptedEnv : public Env {
+ public:
+  explicit ScriptedEnv(std::vector<EnvStep> script) : script_(std::move(script)) {}
+  EnvStep Initial() override { return script_.at(0); }
+  EnvStep Step(const ArrayNest& /*action*/) override { return script_.at(next_++); }
+
+ private:
+  const std::vector<EnvStep> script_;
+  std::size_t next_ = 1;
+};
+
+ArrayNest Frame(uint8_t value) {
+  Array frame = Array::Zeros(DType::kUInt8, {2, 3});
+  for (int i = 0; i < 6; ++i) static_cast<uint8_t*>(frame.data())[i] = value;
+  return ArrayNest(ArrayNest::Map{{"frame", frame}, {"pos", Array::Scalar<double>(DType::kFloat64, value / 4.0)}});
+}
+
+EnvStep Record(uint8_t frame, float reward, bool done, bool truncated, int32_t episode_step, float episode_return,
+               std::optional<ArrayNest> final_observation = std::nullopt) {
+  EnvStep step;
+  step.observation = Frame(frame);
+  step.reward = reward;
+  step.done = done;
+  step.truncated = truncated;
+  step.episode_step = episode_step;
+  step.episode_return = episode_return;
+  step.final_observation = std::move(final_observation);
+  return step;
+}
+
+void ExpectSameNest(const ArrayNest& expected, const ArrayNest& actual) {
+  ASSERT_EQ(DescribeMismatch(expected, actual, /*batch_dim=*/-1), "");
+  const std::vector<Array> e = expected.flatten(), a = actual.flatten();
+  for (std::size_t i = 0; i < e.size(); ++i) EXPECT_TRUE(e[i].Equals(a[i])) << "leaf " << i;
+}
+
+void ExpectSameStep(const EnvStep& expected, const EnvStep& actual) {
+  ExpectSameNest(expected.observation, actual.observation);
+  EXPECT_EQ(expected.reward, actual.reward);
+  EXPECT_EQ(expected.done, actual.done);
+  EXPECT_EQ(expected.truncated, actual.truncated);
+  EXPECT_EQ(expected.episode_step, actual.episode_step);
+  EXPECT_EQ(expected.episode_return, actual.episode_return);
+  ASSERT_EQ(expected.final_observation.has_value(), actual.final_observation.has_value());
+  if (expected.final_observation) ExpectSameNest(*expected.final_observation, *actual.final_observation);
+}
+
+// The records deliberately break the episode rules (a first step without done, truncated
+// without done, final observations without truncated or of another structure): the server
+// applies none of them.
+TEST(EnvServerTest, EveryFieldOfEveryStepArrivesUnchanged) {
+  const std::vector<EnvStep> script = {
+      Record(/*frame=*/7, /*reward=*/0.5f, /*done=*/false, /*truncated=*/false, /*episode_step=*/3,
+             /*episode_return=*/1.5f),
+      Record(1, -2.25f, false, true, 4, -0.75f, /*final_observation=*/Frame(9)),
+      Record(0, 1.0f, true, false, 5, 0.25f),
+      Record(2, 3.0f, true, true, -1, 1e6f, ArrayNest(Array::Zeros(DType::kInt16, {4}))),
+      Record(3, 0.0f, false, false, 0, 0.0f, Frame(5)),
+      Record(4, 0.0f, false, false, 0, 0.0f, ArrayNest(ArrayNest::Vector{})),
+  };
+  EnvServer server([&script]() -> std::unique_ptr<Env> { return std::make_unique<ScriptedEnv>(script); },
+                   TempSocket("env"));
+  server.Start();
+  EnvClient client(server.address());
+  ExpectSameStep(script[0], client.Connect());
+  for (std::size_t i = 1; i < script.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i));
+    ExpectSameStep(script[i], client.Step(Action(0)));
+  }
+  client.Close();
+}
+
+TEST(EnvServerTest, TheActionArrivesUnchanged) {
   EnvServer server(Counting(/*episode_length=*/3), TempSocket("env"));
   server.Start();
   EnvClient client(server.address());
-  EnvStep first = client.Connect();
-  EXPECT_TRUE(first.done);
-  EXPECT_EQ(first.episode_step, 0);
-  EXPECT_EQ(FrameValue(first), 0);
-  EXPECT_EQ(first.observation.map().at("frame").leaf().shape(), (std::vector<int64_t>{2, 3}));
-
-  EnvStep s1 = client.Step(Action(/*value=*/0));
-  EXPECT_FALSE(s1.done);
-  EXPECT_EQ(s1.episode_step, 1);
-  EXPECT_EQ(s1.reward, 1.0f);
-  EXPECT_EQ(FrameValue(s1), 1);
-  client.Step(Action(/*value=*/1));  // reward 2
-  EnvStep s3 = client.Step(Action(/*value=*/0));
-  EXPECT_TRUE(s3.done);
-  EXPECT_FALSE(s3.truncated);
-  EXPECT_EQ(s3.episode_step, 3);         // The episode that ended.
-  EXPECT_EQ(s3.episode_return, 4.0f);    // 1 + 2 + 1.
-  EXPECT_EQ(FrameValue(s3), 0);          // The new episode's first observation.
-  EnvStep s4 = client.Step(Action(/*value=*/0));
-  EXPECT_EQ(s4.episode_step, 1);
-  EXPECT_EQ(s4.episode_return, 1.0f);
-  client.Close();
-  server.Stop();
-}
-
-TEST(EnvServerTest, TruncationIsReportedSeparately) {
-  EnvServer server(Counting(/*episode_length=*/2, /*truncate=*/true), TempSocket("env"));
-  server.Start();
-  EnvClient client(server.address());
   client.Connect();
-  client.Step(Action(0));
-  EnvStep end = client.Step(Action(0));
-  EXPECT_TRUE(end.done);
-  EXPECT_TRUE(end.truncated);
-  EnvStep next = client.Step(Action(0));
-  EXPECT_FALSE(next.done);
-  EXPECT_FALSE(next.truncated);
-}
-
-TEST(EnvServerTest, FinalObservationComesOnlyWithTruncation) {
-  EnvServer truncating(Counting(/*episode_length=*/2, /*truncate=*/true), TempSocket("t"));
-  EnvServer terminating(Counting(/*episode_length=*/2), TempSocket("e"));
-  truncating.Start();
-  terminating.Start();
-  EnvClient client(truncating.address());
-  EXPECT_FALSE(client.Connect().final_observation.has_value());
-  for (int episode = 0; episode < 2; ++episode) {
-    EXPECT_FALSE(client.Step(Action(0)).final_observation.has_value());
-    EnvStep end = client.Step(Action(0));
-    ASSERT_TRUE(end.truncated);
-    ASSERT_TRUE(end.final_observation.has_value());
-    // The observation returned with truncated (step 2), then the new episode's first one.
-    EXPECT_EQ(static_cast<const uint8_t*>(end.final_observation->map().at("frame").leaf().data())[0], 2);
-    EXPECT_EQ(end.final_observation->map().at("frame").leaf().shape(), (std::vector<int64_t>{2, 3}));
-    EXPECT_EQ(FrameValue(end), 0);
-  }
-  EnvClient other(terminating.address());
-  other.Connect();
-  other.Step(Action(0));
-  EnvStep end = other.Step(Action(0));
-  EXPECT_TRUE(end.done);
-  EXPECT_FALSE(end.final_observation.has_value());  // Terminated: nothing to bootstrap from.
-}
-
-// Reports terminated and truncated together at every step.
-class BothEndsEnv : public Env {
- public:
-  ArrayNest Reset() override { return ArrayNest(Array::Zeros(DType::kUInt8, {1})); }
-  EnvResult Step(const ArrayNest& /*action*/) override {
-    EnvResult result;
-    result.observation = ArrayNest(Array::Zeros(DType::kUInt8, {1}));
-    result.terminated = result.truncated = true;
-    return result;
-  }
-};
-
-TEST(EnvServerTest, TerminationWinsOverTruncation) {
-  EnvServer server([]() -> std::unique_ptr<Env> { return std::make_unique<BothEndsEnv>(); }, TempSocket("env"));
-  server.Start();
-  EnvClient client(server.address());
-  client.Connect();
-  EnvStep end = client.Step(Action(0));
-  EXPECT_TRUE(end.done);
-  EXPECT_FALSE(end.truncated);
-  EXPECT_FALSE(end.final_observation.has_value());
+  EXPECT_EQ(client.Step(Action(/*value=*/41)).reward, 42.0f);  // CountingEnv: 1 + action.
+  EXPECT_EQ(client.Step(Action(/*value=*/-3)).reward, -2.0f);
 }
 
 TEST(EnvServerTest, EnvErrorsReachTheClient) {

@@ -14,27 +14,45 @@
 namespace torchbeast {
 namespace testing {
 
-// Observations {"frame": uint8 [2, 3] filled with the episode step, "id": int32 [] env id}.
-// Reward 1 per step (the action's int64 value is added). Terminates after `episode_length`
-// steps, or truncates there with `truncate`. Throws EnvError at global step `fail_at_step`.
+// A scripted step stream. Observations {"frame": uint8 [2, 3] filled with the episode step,
+// "id": int32 [] env id}; reward 1 per step plus the action's int64 value. Each episode ends
+// after `episode_length` steps, terminated or, with `truncate`, truncated (then the record
+// carries the final observation, frame = episode_length); the ending step's record has the new
+// episode's first observation. Throws EnvError at global step `fail_at_step`.
 class CountingEnv : public Env {
  public:
   CountingEnv(int32_t id, int32_t episode_length, bool truncate = false, int64_t fail_at_step = -1)
       : id_(id), episode_length_(episode_length), truncate_(truncate), fail_at_step_(fail_at_step) {}
 
-  ArrayNest Reset() override {
+  EnvStep Initial() override {
     step_ = 0;
-    return Observation();
+    return_ = 0.0f;
+    EnvStep first;
+    first.observation = Observation();
+    first.done = true;
+    return first;
   }
 
-  EnvResult Step(const ArrayNest& action) override {
-    if (total_steps_++ == fail_at_step_) throw EnvError("CountingEnv: failing as asked at step " + std::to_string(fail_at_step_));
-    ++step_;
-    EnvResult result;
-    result.observation = Observation();
-    result.reward = 1.0 + static_cast<double>(*static_cast<const int64_t*>(action.leaf().data()));
-    if (step_ >= episode_length_) (truncate_ ? result.truncated : result.terminated) = true;
-    return result;
+  EnvStep Step(const ArrayNest& action) override {
+    if (total_steps_++ == fail_at_step_) {
+      throw EnvError("CountingEnv: failing as asked at step " + std::to_string(fail_at_step_));
+    }
+    EnvStep out;
+    out.reward = 1.0f + static_cast<float>(*static_cast<const int64_t*>(action.leaf().data()));
+    return_ += out.reward;
+    out.episode_step = ++step_;
+    out.episode_return = return_;
+    out.observation = Observation();
+    if (step_ < episode_length_) return out;
+    out.done = true;
+    if (truncate_) {
+      out.truncated = true;
+      out.final_observation = std::move(out.observation);
+    }
+    step_ = 0;
+    return_ = 0.0f;
+    out.observation = Observation();
+    return out;
   }
 
  private:
@@ -48,7 +66,8 @@ class CountingEnv : public Env {
   const int32_t episode_length_;
   const bool truncate_;
   const int64_t fail_at_step_;
-  int32_t step_ = 0;
+  int32_t step_ = 0;  // In the current episode.
+  float return_ = 0.0f;
   int64_t total_steps_ = 0;
 };
 

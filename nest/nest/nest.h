@@ -37,10 +37,10 @@ class Nest {
   using Map = std::map<std::string, Nest<T>>;
   using Value = std::variant<T, Vector, Map>;
 
-  Nest(const T& leaf) : value_(leaf) {}                  // NOLINT(runtime/explicit)
-  Nest(T&& leaf) : value_(std::move(leaf)) {}            // NOLINT(runtime/explicit)
-  Nest(Vector v) : value_(std::move(v)) {}               // NOLINT(runtime/explicit)
-  Nest(Map m) : value_(std::move(m)) {}                  // NOLINT(runtime/explicit)
+  Nest(const T& leaf) : value_(leaf) {}        // NOLINT(runtime/explicit)
+  Nest(T&& leaf) : value_(std::move(leaf)) {}  // NOLINT(runtime/explicit)
+  Nest(Vector v) : value_(std::move(v)) {}     // NOLINT(runtime/explicit)
+  Nest(Map m) : value_(std::move(m)) {}        // NOLINT(runtime/explicit)
 
   bool is_leaf() const { return value_.index() == 0; }
   bool is_vector() const { return value_.index() == 1; }
@@ -255,27 +255,24 @@ inline std::string Where(const PathStep* step) {
 // Throws NestError unless `other` (nest number k) has the same kind, length and keys as `first`
 // at this node. Only this node is compared; the callers recurse.
 template <typename A, typename B>
-void CheckSameNode(const Nest<A>& first, const Nest<B>& other, std::size_t k,
-                   const PathStep* path) {
+void CheckSameNode(const Nest<A>& first, const Nest<B>& other, std::size_t k, const PathStep* path) {
   bool same = first.value().index() == other.value().index();
   if (same && first.is_vector()) same = first.vector().size() == other.vector().size();
   if (same && first.is_map()) {
     const auto& a = first.map();
     const auto& b = other.map();
     same = a.size() == b.size();
-    for (auto ia = a.begin(), ib = b.begin(); same && ia != a.end(); ++ia, ++ib)
-      same = ia->first == ib->first;
+    for (auto ia = a.begin(), ib = b.begin(); same && ia != a.end(); ++ia, ++ib) same = ia->first == ib->first;
   }
   if (!same) {
-    throw NestError("nests differ " + Where(path) + ": nest 0 has " + first.KindName() +
-                    ", nest " + std::to_string(k) + " has " + other.KindName());
+    throw NestError("nests differ " + Where(path) + ": nest 0 has " + first.KindName() + ", nest " + std::to_string(k) +
+                    " has " + other.KindName());
   }
 }
 
 // Throws NestError unless `other` (nest number k) has the structure of `first` everywhere.
 template <typename A, typename B>
-void CheckSameStructure(const Nest<A>& first, const Nest<B>& other, std::size_t k,
-                        const PathStep* path) {
+void CheckSameStructure(const Nest<A>& first, const Nest<B>& other, std::size_t k, const PathStep* path) {
   CheckSameNode(first, other, k, path);
   if (first.is_vector()) {
     for (std::size_t i = 0; i < first.vector().size(); ++i) {
@@ -326,21 +323,18 @@ auto ZipMap(const std::vector<const Nest<T>*>& nests, F& f)
 
 // Map over two nests whose structures have been checked.
 template <typename A, typename B, typename F>
-auto Map2(const Nest<A>& a, const Nest<B>& b, F& f)
-    -> Nest<std::invoke_result_t<F&, const A&, const B&>> {
+auto Map2(const Nest<A>& a, const Nest<B>& b, F& f) -> Nest<std::invoke_result_t<F&, const A&, const B&>> {
   using U = std::invoke_result_t<F&, const A&, const B&>;
   if (a.is_leaf()) return Nest<U>(std::invoke(f, a.leaf(), b.leaf()));
   if (a.is_vector()) {
     typename Nest<U>::Vector out;
     out.reserve(a.vector().size());
-    for (std::size_t i = 0; i < a.vector().size(); ++i)
-      out.push_back(Map2(a.vector()[i], b.vector()[i], f));
+    for (std::size_t i = 0; i < a.vector().size(); ++i) out.push_back(Map2(a.vector()[i], b.vector()[i], f));
     return Nest<U>(std::move(out));
   }
   typename Nest<U>::Map out;
   auto ib = b.map().begin();
-  for (const auto& kv : a.map())
-    out.emplace_hint(out.end(), kv.first, Map2(kv.second, (ib++)->second, f));
+  for (const auto& kv : a.map()) out.emplace_hint(out.end(), kv.first, Map2(kv.second, (ib++)->second, f));
   return Nest<U>(std::move(out));
 }
 
@@ -356,16 +350,14 @@ auto map_many(F&& f, const std::vector<Nest<T>>& nests)
   std::vector<const Nest<T>*> ptrs;
   ptrs.reserve(nests.size());
   for (const Nest<T>& n : nests) ptrs.push_back(&n);
-  for (std::size_t k = 1; k < nests.size(); ++k)
-    detail::CheckSameStructure(nests[0], nests[k], k, /*path=*/nullptr);
+  for (std::size_t k = 1; k < nests.size(); ++k) detail::CheckSameStructure(nests[0], nests[k], k, /*path=*/nullptr);
   return detail::ZipMap(ptrs, f);
 }
 
 // Maps f(a_leaf, b_leaf) over two nests of equal structure (the leaf types may differ).
 // Throws NestError on a mismatch, before f is called.
 template <typename F, typename A, typename B>
-auto map2(F&& f, const Nest<A>& a, const Nest<B>& b)
-    -> Nest<std::invoke_result_t<F&, const A&, const B&>> {
+auto map2(F&& f, const Nest<A>& a, const Nest<B>& b) -> Nest<std::invoke_result_t<F&, const A&, const B&>> {
   detail::CheckSameStructure(a, b, /*k=*/1, /*path=*/nullptr);
   return detail::Map2(a, b, f);
 }

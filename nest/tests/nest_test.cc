@@ -55,8 +55,7 @@ TEST(NestTest, KindsAndAccessors) {
 TEST(NestTest, WrongAccessorThrows) {
   IntNest vec(IntNest::Vector{IntNest(1), IntNest(2), IntNest(3)});
   EXPECT_EQ(ErrorOf([&] { vec.leaf(); }), "expected a leaf, got a vector of 3");
-  EXPECT_EQ(ErrorOf([&] { Sample().vector(); }),
-            "expected a vector, got a map with keys [a, b, c]");
+  EXPECT_EQ(ErrorOf([&] { Sample().vector(); }), "expected a vector, got a map with keys [a, b, c]");
   EXPECT_EQ(ErrorOf([&] { IntNest(1).map(); }), "expected a map, got a leaf");
 }
 
@@ -74,8 +73,7 @@ TEST(NestTest, EmptyFrontAndSize) {
   EXPECT_EQ(Sample().front(), 1);
   EXPECT_EQ(Sample().size(), 4u);
   // front() skips empty containers before the first leaf.
-  IntNest late(
-      IntNest::Vector{IntNest(IntNest::Vector{}), IntNest(IntNest::Map{{"x", IntNest(5)}})});
+  IntNest late(IntNest::Vector{IntNest(IntNest::Vector{}), IntNest(IntNest::Map{{"x", IntNest(5)}})});
   EXPECT_EQ(late.front(), 5);
   EXPECT_EQ(ErrorOf([&] { hollow.front(); }), "front() of a nest without leaves");
 }
@@ -115,9 +113,13 @@ TEST(NestTest, PackAsIsTheInverseOfFlatten) {
 }
 
 TEST(NestTest, PackAsWithWrongCountThrows) {
-  EXPECT_EQ(ErrorOf([] { Sample().pack_as(std::vector<int>{1, 2, 3}); }),
+  EXPECT_EQ(ErrorOf([] {
+              Sample().pack_as(std::vector<int>{1, 2, 3});
+            }),
             "pack_as: the structure has 4 leaves, but 3 values were given");
-  EXPECT_EQ(ErrorOf([] { Sample().pack_as(std::vector<int>{1, 2, 3, 4, 5}); }),
+  EXPECT_EQ(ErrorOf([] {
+              Sample().pack_as(std::vector<int>{1, 2, 3, 4, 5});
+            }),
             "pack_as: the structure has 4 leaves, but 5 values were given");
 }
 
@@ -126,8 +128,7 @@ TEST(NestTest, Equality) {
   EXPECT_NE(Sample(), Sample().map([](int x) { return x + 1; }));
   EXPECT_NE(IntNest(1), IntNest(IntNest::Vector{IntNest(1)}));
   EXPECT_NE(IntNest(IntNest::Map{{"a", IntNest(1)}}), IntNest(IntNest::Map{{"b", IntNest(1)}}));
-  EXPECT_NE(IntNest(IntNest::Vector{IntNest(1)}),
-            IntNest(IntNest::Vector{IntNest(1), IntNest(1)}));
+  EXPECT_NE(IntNest(IntNest::Vector{IntNest(1)}), IntNest(IntNest::Vector{IntNest(1), IntNest(1)}));
 }
 
 TEST(NestTest, MapManyPassesLeavesInNestOrder) {
@@ -142,8 +143,7 @@ TEST(NestTest, MapManyPassesLeavesInNestOrder) {
   EXPECT_EQ(sums.flatten(), (std::vector<int>{111, 222, 333, 444}));
 
   const Nest<int> firsts =
-      map_many([](const std::vector<const int*>& leaves) { return *leaves[0]; },
-               std::vector<IntNest>{Sample()});
+      map_many([](const std::vector<const int*>& leaves) { return *leaves[0]; }, std::vector<IntNest>{Sample()});
   EXPECT_EQ(firsts, Sample());
 }
 
@@ -155,7 +155,9 @@ TEST(NestTest, MapManyMismatchNamesThePath) {
   });
   int calls = 0;
   auto count = [&calls](const std::vector<const int*>&) { return ++calls; };
-  EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{Sample(), other}); }),
+  EXPECT_EQ(ErrorOf([&] {
+              map_many(count, std::vector<IntNest>{Sample(), other});
+            }),
             "nests differ at ['b'][1]: nest 0 has a leaf, nest 1 has a vector of 1");
   EXPECT_EQ(calls, 0) << "f must not be called when the structures differ";
 
@@ -164,7 +166,9 @@ TEST(NestTest, MapManyMismatchNamesThePath) {
       {"b", IntNest(IntNest::Vector{IntNest(2)})},
       {"c", IntNest(IntNest::Map{{"d", IntNest(4)}})},
   });
-  EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{Sample(), Sample(), short_b}); }),
+  EXPECT_EQ(ErrorOf([&] {
+              map_many(count, std::vector<IntNest>{Sample(), Sample(), short_b});
+            }),
             "nests differ at ['b']: nest 0 has a vector of 2, nest 2 has a vector of 1");
 
   IntNest other_keys(IntNest::Map{
@@ -172,14 +176,17 @@ TEST(NestTest, MapManyMismatchNamesThePath) {
       {"b", IntNest(IntNest::Vector{IntNest(2), IntNest(3)})},
       {"c", IntNest(IntNest::Map{{"e", IntNest(4)}})},
   });
-  EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{Sample(), other_keys}); }),
+  EXPECT_EQ(ErrorOf([&] {
+              map_many(count, std::vector<IntNest>{Sample(), other_keys});
+            }),
             "nests differ at ['c']: nest 0 has a map with keys [d], "
             "nest 1 has a map with keys [e]");
 
-  EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{IntNest(1), Sample()}); }),
+  EXPECT_EQ(ErrorOf([&] {
+              map_many(count, std::vector<IntNest>{IntNest(1), Sample()});
+            }),
             "nests differ at the root: nest 0 has a leaf, nest 1 has a map with keys [a, b, c]");
-  EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{}); }),
-            "map_many needs at least one nest");
+  EXPECT_EQ(ErrorOf([&] { map_many(count, std::vector<IntNest>{}); }), "map_many needs at least one nest");
 }
 
 TEST(NestTest, Map2CombinesLeavesOfDifferentTypes) {
@@ -190,9 +197,8 @@ TEST(NestTest, Map2CombinesLeavesOfDifferentTypes) {
 }
 
 TEST(NestTest, Map2MismatchNamesThePath) {
-  const Nest<double> other(Nest<double>::Map{{"a", Nest<double>(1.0)},
-                                              {"b", Nest<double>(Nest<double>::Vector{})},
-                                              {"c", Nest<double>(2.0)}});
+  const Nest<double> other(Nest<double>::Map{
+      {"a", Nest<double>(1.0)}, {"b", Nest<double>(Nest<double>::Vector{})}, {"c", Nest<double>(2.0)}});
   int calls = 0;
   auto f = [&calls](int, double) { return ++calls; };
   EXPECT_EQ(ErrorOf([&] { map2(f, Sample(), other); }),
@@ -201,11 +207,12 @@ TEST(NestTest, Map2MismatchNamesThePath) {
 }
 
 TEST(NestTest, ZipGathersLeaves) {
-  const Nest<std::vector<int>> zipped =
-      zip(std::vector<IntNest>{Sample(), Sample().map([](int x) { return -x; })});
+  const Nest<std::vector<int>> zipped = zip(std::vector<IntNest>{Sample(), Sample().map([](int x) { return -x; })});
   EXPECT_EQ(zipped.map().at("b").vector()[0].leaf(), (std::vector<int>{2, -2}));
   EXPECT_EQ(zipped.front(), (std::vector<int>{1, -1}));
-  EXPECT_EQ(ErrorOf([] { zip(std::vector<IntNest>{Sample(), IntNest(1)}); }),
+  EXPECT_EQ(ErrorOf([] {
+              zip(std::vector<IntNest>{Sample(), IntNest(1)});
+            }),
             "nests differ at the root: nest 0 has a map with keys [a, b, c], nest 1 has a leaf");
 }
 
@@ -239,16 +246,14 @@ TEST(NestTest, MoveOnlyLeaves) {
   EXPECT_EQ(packed.map().at("b").vector()[0].leaf().get(), second);
   EXPECT_EQ(*packed.map().at("b").vector()[1].leaf(), 3);
 
-  const IntNest sums = map_many(
-      [](const std::vector<const std::unique_ptr<int>*>& leaves) {
-        return **leaves[0] + **leaves[1];
-      },
-      [] {
-        std::vector<PtrNest> nests;
-        nests.push_back(PtrSample());
-        nests.push_back(PtrSample());
-        return nests;
-      }());
+  const IntNest sums =
+      map_many([](const std::vector<const std::unique_ptr<int>*>& leaves) { return **leaves[0] + **leaves[1]; },
+               [] {
+                 std::vector<PtrNest> nests;
+                 nests.push_back(PtrSample());
+                 nests.push_back(PtrSample());
+                 return nests;
+               }());
   EXPECT_EQ(sums.flatten(), (std::vector<int>{2, 4, 6}));
 }
 

@@ -1,13 +1,17 @@
-"""Command-line flags shared by MonoBeast and PolyBeast, declared once and grouped.
+"""Command-line flags, declared once in groups, each group with the check of its values.
 
-Spellings follow TorchBeast and the seed README (`--num_actors`, `--gpu_n`, `--record True`).
-`validate()` reports every bad value at once, each naming its flag, as one ConfigError.
+An entry point takes the groups it uses and no other: MonoBeast the env, agent, training, actor
+and system groups; PolyBeast the same without the actor group, plus its own (see
+polybeast_learner.py, polybeast.py, polybeast_env.py). Spellings follow TorchBeast and the seed
+README (`--num_actors`, `--gpu_n`, `--record True`). `FlagParser.parse_flags` reports every bad
+value of its groups at once, each naming its flag, as one ConfigError.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from torchbeast.errors import ConfigError
 from torchbeast.models import ENCODERS, POSEMBS
@@ -26,9 +30,21 @@ def str_to_bool(value: str) -> bool:
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Argparse errors as one line and exit status 2 (argparse prints usage first by default)."""
+    """Argparse errors as one line and exit status 2 (argparse prints usage first by default).
+
+    `hints` maps a flag this command does not take to what to use instead; an unrecognized
+    argument error that names it says so.
+    """
+
+    def __init__(self, *args: object, hints: Optional[Dict[str, str]] = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.hints = dict(hints or {})
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            given = message.split(":", 1)[1].split()
+            message += "".join(f"; {flag}: {hint}" for flag, hint in self.hints.items()
+                               if any(arg == flag or arg.startswith(flag + "=") for arg in given))
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -71,16 +87,10 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
                             "--test_episodes episodes with the saved model. (default: %(default)s)")
     group.add_argument("--total_steps", type=int, default=50_000_000,
                        help="Environment steps to train for, over all actors. (default: %(default)s)")
-    group.add_argument("--num_actors", type=int, default=4,
-                       help="Actor processes, each with its own env instance. (default: %(default)s)")
     group.add_argument("--batch_size", type=int, default=8,
                        help="Rollouts per learner update. (default: %(default)s)")
     group.add_argument("--unroll_length", type=int, default=80,
                        help="Steps per rollout; a batch is [unroll_length, batch_size]. (default: %(default)s)")
-    group.add_argument("--num_buffers", type=int, default=None,
-                       help="Shared-memory rollout buffers (MonoBeast). The default keeps two per actor free while "
-                            "the learner gathers a batch, so actors never wait for it. "
-                            "(default: batch_size + 2 * num_actors)")
     group.add_argument("--num_learner_threads", type=int, default=2,
                        help="Learner threads taking batches in turn. (default: %(default)s)")
     group.add_argument("--discounting", type=float, default=0.99, help="Discount gamma. (default: %(default)s)")
@@ -104,84 +114,162 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
                        help="Clip the global gradient norm to this value. (default: %(default)s)")
 
 
+def add_actor_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("actors (MonoBeast)")
+    group.add_argument("--num_actors", type=int, default=4,
+                       help="Actor processes, each with its own env instance; also the processes that "
+                            "--mode test plays its episodes on. (default: %(default)s)")
+    group.add_argument("--num_buffers", type=int, default=None,
+                       help="Shared-memory rollout buffers. The default keeps two per actor free while "
+                            "the learner gathers a batch, so actors never wait for it. "
+                            "(default: batch_size + 2 * num_actors)")
+
+
 def add_system_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("system and outputs")
     group.add_argument("--xpid", default=None,
                        help="Run name; outputs go to SAVEDIR/XPID/. Training with an existing XPID resumes "
-                            "it. (default: torchbeast-<date-time> in train mode, the latest run in test mode)")
+                            "it. (default: torchbeast-<date-time> in train mode, the newest run trained on --env in "
+                            "test mode)")
     group.add_argument("--savedir", default="./logs", help="Root folder of the runs. (default: %(default)s)")
     group.add_argument("--checkpoint", default=None,
                        help="Checkpoint for --mode test. (default: SAVEDIR/XPID/model.tar)")
-    group.add_argument("--gpu_n", type=int, default=0, help="Use cuda:GPU_N when CUDA is available. (default: %(default)s)")
+    group.add_argument("--gpu_n", type=int, default=0,
+                       help="Use cuda:GPU_N when CUDA is available. (default: %(default)s)")
     group.add_argument("--disable_cuda", action="store_true", help="Run on the CPU even when a GPU is present.")
     group.add_argument("--num_threads", type=int, default=None,
                        help="Torch CPU threads of the learner process. (default: the cores the env processes "
                             "on this machine leave free, at least 1)")
     group.add_argument("--test_episodes", type=int, default=10,
                        help="Episodes to play in --mode test. (default: %(default)s)")
+    group.add_argument("--allow_env_mismatch", action="store_true",
+                       help="Resume or test a checkpoint on an --env other than the one it was trained on.")
     group.add_argument("--record", type=str_to_bool, nargs="?", const=True, default=False,
                        help="In --mode test, write an MP4 of each episode to SAVEDIR/XPID/videos/. "
                             "'--record', '--record True' and '--record False' all work.")
     group.add_argument("--checkpoint_interval", type=float, default=600.0,
-                       help="Seconds between checkpoints (and learning-curve refreshes). (default: %(default)s)")
+                       help="Seconds between checkpoints; the learning curve is also redrawn every minute. "
+                            "(default: %(default)s)")
     group.add_argument("--log_interval", type=float, default=5.0,
-                       help="Seconds between progress lines. (default: %(default)s)")
+                       help="Seconds between progress lines. Their SPS counts the steps of the last minute "
+                            "(since the start during the first minute). (default: %(default)s)")
 
 
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog=prog, description=description)
-    add_env_flags(parser)
-    add_agent_flags(parser)
-    add_training_flags(parser)
-    add_system_flags(parser)
-    return parser
+Problems = List[str]
 
 
-def validate(flags: argparse.Namespace) -> None:
-    """Raises one ConfigError listing every bad flag value."""
+def _positive(flags: argparse.Namespace, *names: str) -> Problems:
+    """Problems for each flag of `names` (None: unset, allowed) that is not > 0."""
+    return [f"--{name} must be positive, got {getattr(flags, name)}" for name in names
+            if getattr(flags, name) is not None and getattr(flags, name) <= 0]
+
+
+def _non_negative(flags: argparse.Namespace, *names: str) -> Problems:
+    return [f"--{name} must be >= 0, got {getattr(flags, name)}" for name in names if getattr(flags, name) < 0]
+
+
+def env_problems(flags: argparse.Namespace) -> Problems:
     from torchbeast.core.environment import env_has_positions
 
-    problems: List[str] = []
-    for name in ("total_steps", "num_actors", "batch_size", "unroll_length", "num_learner_threads",
-                 "test_episodes", "hidden_size", "num_threads"):
-        value = getattr(flags, name, None)
-        if value is not None and value <= 0:
-            problems.append(f"--{name} must be positive, got {value}")
-    if flags.num_buffers is not None and flags.num_buffers < flags.batch_size:
-        problems.append(f"--num_buffers ({flags.num_buffers}) must be at least --batch_size ({flags.batch_size})")
-    if flags.num_buffers is not None and flags.num_buffers < flags.num_actors:
-        problems.append(f"--num_buffers ({flags.num_buffers}) must be at least --num_actors ({flags.num_actors})")
-    for name in ("learning_rate", "epsilon", "grad_norm_clipping", "checkpoint_interval", "log_interval"):
-        if getattr(flags, name) <= 0:
-            problems.append(f"--{name} must be positive, got {getattr(flags, name)}")
-    for name in ("entropy_cost", "baseline_cost", "pos_noise", "momentum", "warmup_steps"):
-        if getattr(flags, name) < 0:
-            problems.append(f"--{name} must be >= 0, got {getattr(flags, name)}")
+    problems = _non_negative(flags, "pos_noise")
+    try:
+        env_has_positions(flags.env)  # checks that the id exists
+    except ConfigError as e:
+        problems.append(str(e))
+    return problems
+
+
+def agent_problems(flags: argparse.Namespace) -> Problems:
+    from torchbeast.core.environment import env_has_positions
+
+    problems = _positive(flags, "hidden_size")
+    try:
+        has_positions = env_has_positions(flags.env)
+    except ConfigError:
+        has_positions = True  # an unknown --env is the env group's problem
+    if flags.posemb != "none" and not has_positions:
+        problems.append(
+            f"--posemb {flags.posemb} needs positions, but --env {flags.env} has none; use an ExtraObs "
+            "id such as memory_maze:MemoryMaze-9x9-ExtraObs-v0 or memory_maze:MemoryMaze-15x15-ExtraObs-v0"
+        )
+    return problems
+
+
+def training_problems(flags: argparse.Namespace) -> Problems:
+    problems = _positive(flags, "total_steps", "batch_size", "unroll_length", "num_learner_threads",
+                         "learning_rate", "epsilon", "grad_norm_clipping")
+    problems += _non_negative(flags, "entropy_cost", "baseline_cost", "momentum", "warmup_steps")
     if not 0.0 <= flags.discounting <= 1.0:
         problems.append(f"--discounting must be in [0, 1], got {flags.discounting}")
     if not 0.0 <= flags.alpha < 1.0:
         problems.append(f"--alpha must be in [0, 1), got {flags.alpha}")
-    if flags.gpu_n < 0:
-        problems.append(f"--gpu_n must be >= 0, got {flags.gpu_n}")
-    if flags.xpid is not None and (not flags.xpid or os.sep in flags.xpid or flags.xpid in (".", "..")):
-        problems.append(f"--xpid must be a plain folder name, got {flags.xpid!r}")
-    try:
-        has_positions = env_has_positions(flags.env)  # also checks that the id exists
-    except ConfigError as e:
-        problems.append(str(e))
-    else:
-        if flags.posemb != "none" and not has_positions:
-            problems.append(
-                f"--posemb {flags.posemb} needs positions, but --env {flags.env} has none; use an ExtraObs "
-                "id such as memory_maze:MemoryMaze-9x9-ExtraObs-v0 or memory_maze:MemoryMaze-15x15-ExtraObs-v0"
-            )
-    if problems:
-        raise ConfigError("; ".join(problems))
+    return problems
 
 
-def parse_flags(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> argparse.Namespace:
-    flags = parser.parse_args(argv)
+def actor_problems(flags: argparse.Namespace) -> Problems:
+    problems = _positive(flags, "num_actors")
+    if flags.num_buffers is not None and flags.num_buffers < flags.batch_size:
+        problems.append(f"--num_buffers ({flags.num_buffers}) must be at least --batch_size ({flags.batch_size})")
+    if flags.num_buffers is not None and flags.num_buffers < flags.num_actors:
+        problems.append(f"--num_buffers ({flags.num_buffers}) must be at least --num_actors ({flags.num_actors})")
+    return problems
+
+
+def default_num_buffers(flags: argparse.Namespace) -> None:
     if flags.num_buffers is None:
         flags.num_buffers = flags.batch_size + 2 * flags.num_actors
-    validate(flags)
-    return flags
+
+
+def system_problems(flags: argparse.Namespace) -> Problems:
+    problems = _positive(flags, "test_episodes", "num_threads", "checkpoint_interval", "log_interval")
+    problems += _non_negative(flags, "gpu_n")
+    if flags.xpid is not None and (not flags.xpid or os.sep in flags.xpid or flags.xpid in (".", "..")):
+        problems.append(f"--xpid must be a plain folder name, got {flags.xpid!r}")
+    return problems
+
+
+def _no_problems(flags: argparse.Namespace) -> Problems:
+    return []
+
+
+def _nothing_to_complete(flags: argparse.Namespace) -> None:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagGroup:
+    """Flags declared together with the check of their values."""
+
+    add: Callable[[argparse.ArgumentParser], None]
+    problems: Callable[[argparse.Namespace], Problems] = _no_problems
+    # Fills defaults computed from other flags, once every value has passed the checks.
+    complete: Callable[[argparse.Namespace], None] = _nothing_to_complete
+
+
+ENV = FlagGroup(add_env_flags, env_problems)
+AGENT = FlagGroup(add_agent_flags, agent_problems)
+TRAINING = FlagGroup(add_training_flags, training_problems)
+ACTORS = FlagGroup(add_actor_flags, actor_problems, default_num_buffers)
+SYSTEM = FlagGroup(add_system_flags, system_problems)
+MONOBEAST = (ENV, AGENT, TRAINING, ACTORS, SYSTEM)
+
+
+class FlagParser(OneLineErrorParser):
+    """The parser of one entry point: its flag groups, in --help order."""
+
+    def __init__(self, prog: str, description: str, groups: Sequence[FlagGroup],
+                 hints: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(prog=prog, description=description, hints=hints)
+        self.groups = tuple(groups)
+        for group in self.groups:
+            group.add(self)
+
+    def parse_flags(self, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+        """Parses and checks `argv`; raises one ConfigError listing every bad value."""
+        flags = self.parse_args(argv)
+        problems = [problem for group in self.groups for problem in group.problems(flags)]
+        if problems:
+            raise ConfigError("; ".join(problems))
+        for group in self.groups:
+            group.complete(flags)
+        return flags

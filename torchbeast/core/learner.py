@@ -1,12 +1,14 @@
 """One IMPALA update: V-trace targets, the three losses, an optimiser step.
 
-Shared by MonoBeast and PolyBeast. A batch is a dict of `[T + 1, B, ...]` tensors where step 0 of
-each rollout repeats the last step of the previous one: the model is run on all T + 1 steps, the
-last value bootstraps the targets, and the T transitions 1..T are learned from.
+Shared by MonoBeast and PolyBeast. A batch is a dict of `[T + 1, B, ...]` tensors laid out as
+`torchbeast.core.rollout` says: the model is run on all T + 1 rows, the T transitions from row t
+(its action and behaviour logits) to row t + 1 (its reward and done) are learned from, and the
+last row's value bootstraps the targets.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Dict, Tuple
 
 import torch
@@ -16,7 +18,31 @@ from torchbeast.core import losses, vtrace
 from torchbeast.models import AgentState
 
 
-def rewards_and_discounts(batch: Dict[str, torch.Tensor], flags: argparse.Namespace) -> Tuple[torch.Tensor, torch.Tensor]:
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+    """The flags an update and its optimiser read."""
+
+    discounting: float
+    reward_clipping: str
+    baseline_cost: float
+    entropy_cost: float
+    grad_norm_clipping: float
+    learning_rate: float
+    alpha: float
+    momentum: float
+    epsilon: float
+    warmup_steps: int
+    total_steps: int
+    steps_per_update: int  # unroll_length * batch_size
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace) -> "UpdateConfig":
+        fields = {f.name for f in dataclasses.fields(cls)} - {"steps_per_update"}
+        return cls(steps_per_update=flags.unroll_length * flags.batch_size,
+                   **{name: getattr(flags, name) for name in fields})
+
+
+def rewards_and_discounts(batch: Dict[str, torch.Tensor], config: UpdateConfig) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rewards and discounts of the transitions 1..T.
 
     An episode cut by a time limit is not over: its last transition bootstraps from the value the
@@ -24,17 +50,17 @@ def rewards_and_discounts(batch: Dict[str, torch.Tensor], flags: argparse.Namesp
     the V-trace recursion still stops at the episode boundary.
     """
     rewards = batch["reward"][1:]
-    if flags.reward_clipping == "abs_one":
+    if config.reward_clipping == "abs_one":
         rewards = rewards.clamp(-1, 1)
     done = batch["done"][1:]
     truncated = batch["truncated"][1:]
-    rewards = rewards + flags.discounting * truncated.float() * batch["truncation_value"][1:]
-    discounts = (~done).float() * flags.discounting
+    rewards = rewards + config.discounting * truncated.float() * batch["truncation_value"][1:]
+    discounts = (~done).float() * config.discounting
     return rewards, discounts
 
 
 def learn_step(
-    flags: argparse.Namespace,
+    config: UpdateConfig,
     model: nn.Module,
     batch: Dict[str, torch.Tensor],
     initial_agent_state: AgentState,
@@ -46,24 +72,24 @@ def learn_step(
     bootstrap_value = learner_outputs["baseline"][-1]
     learner_outputs = {key: value[:-1] for key, value in learner_outputs.items()}
 
-    rewards, discounts = rewards_and_discounts(batch, flags)
+    rewards, discounts = rewards_and_discounts(batch, config)
     targets = vtrace.from_logits(
-        behavior_policy_logits=batch["policy_logits"][1:],
+        behavior_policy_logits=batch["policy_logits"][:-1],
         target_policy_logits=learner_outputs["policy_logits"],
-        actions=batch["action"][1:],
+        actions=batch["action"][:-1],
         discounts=discounts,
         rewards=rewards,
         values=learner_outputs["baseline"],
         bootstrap_value=bootstrap_value,
     )
-    pg_loss = losses.policy_gradient_loss(learner_outputs["policy_logits"], batch["action"][1:], targets.pg_advantages)
-    baseline_loss = flags.baseline_cost * losses.baseline_loss(targets.vs - learner_outputs["baseline"])
-    entropy_loss = flags.entropy_cost * losses.entropy_loss(learner_outputs["policy_logits"])
+    pg_loss = losses.policy_gradient_loss(learner_outputs["policy_logits"], batch["action"][:-1], targets.pg_advantages)
+    baseline_loss = config.baseline_cost * losses.baseline_loss(targets.vs - learner_outputs["baseline"])
+    entropy_loss = config.entropy_cost * losses.entropy_loss(learner_outputs["policy_logits"])
     total_loss = pg_loss + baseline_loss + entropy_loss
 
     optimizer.zero_grad()
     total_loss.backward()
-    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), flags.grad_norm_clipping)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_norm_clipping)
     optimizer.step()
     scheduler.step()
 
@@ -82,18 +108,20 @@ def learn_step(
     }
 
 
-def make_optimizer(flags: argparse.Namespace, model: nn.Module) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    config: UpdateConfig, model: nn.Module
+) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """RMSProp; the learning rate rises linearly over --warmup_steps, then decays linearly to zero."""
     optimizer = torch.optim.RMSprop(
-        model.parameters(), lr=flags.learning_rate, momentum=flags.momentum, eps=flags.epsilon, alpha=flags.alpha
+        model.parameters(), lr=config.learning_rate, momentum=config.momentum, eps=config.epsilon, alpha=config.alpha
     )
-    steps_per_update = flags.unroll_length * flags.batch_size
+    steps_per_update = config.steps_per_update
 
     def lr_lambda(update: int) -> float:
         steps = update * steps_per_update
-        decay = max(0.0, 1.0 - min(steps, flags.total_steps) / flags.total_steps)
-        if steps < flags.warmup_steps:
-            return decay * (steps + steps_per_update) / (flags.warmup_steps + steps_per_update)
+        decay = max(0.0, 1.0 - min(steps, config.total_steps) / config.total_steps)
+        if steps < config.warmup_steps:
+            return decay * (steps + steps_per_update) / (config.warmup_steps + steps_per_update)
         return decay
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)

@@ -1,7 +1,8 @@
 """What a run leaves in SAVEDIR/XPID/: meta.json, logs.csv, TensorBoard events, learning_curve.png.
 
 logs.csv has one row per learner update and is appended to when a run resumes, so it always
-holds the whole history. The learning curve is re-drawn from it at every checkpoint.
+holds the whole history; TensorBoard gets the same values. The learning curve is drawn from the
+same rows (read from logs.csv once when a run resumes, then kept in memory).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import platform
 import socket
 import subprocess
 from importlib import metadata
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 LOG_FIELDS = [
     "step", "time", "sps", "episodes", "mean_episode_return", "mean_episode_step",
@@ -112,33 +115,56 @@ def read_log(csv_path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def plot_learning_curve(csv_path: str, png_path: str, title: str = "") -> None:
-    """Draws mean episode return against env steps from logs.csv (an empty plot, said so, before
-    the first episode ends)."""
-    rows = [r for r in read_log(csv_path) if r.get("mean_episode_return")]
-    import matplotlib
+def read_curve(csv_path: str) -> List[Tuple[int, float]]:
+    """(step, mean episode return) of the logs.csv rows where an episode ended."""
+    if not os.path.exists(csv_path):
+        return []
+    return [(int(r["step"]), float(r["mean_episode_return"]))
+            for r in read_log(csv_path) if r.get("mean_episode_return")]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    steps = [int(r["step"]) for r in rows]
-    returns = [float(r["mean_episode_return"]) for r in rows]
-    window = max(1, len(returns) // 50)
-    smoothed = [sum(returns[max(0, i - window + 1): i + 1]) / len(returns[max(0, i - window + 1): i + 1])
-                for i in range(len(returns))]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if rows:
-        ax.plot(steps, returns, alpha=0.3, color="tab:blue", label="per update")
-        ax.plot(steps, smoothed, color="tab:blue", label=f"mean of {window}")
-        ax.legend(loc="upper left")
+_MAX_DRAWN_POINTS = 2000
+
+
+def plot_learning_curve(points: Sequence[Tuple[int, float]], png_path: str, title: str = "") -> None:
+    """Draws mean episode return against env steps (an empty plot, said so, before the first
+    episode ends) to `png_path`, atomically.
+
+    Each point is one update's mean over the episodes that ended in it; with many points a moving
+    mean over 2% of them is drawn on top. It uses matplotlib's object API without pyplot (no
+    global figure state) and draws at most ~2000 points per line, so that a redraw costs ~0.1 s
+    on the main thread however long the run.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if points:
+        steps = np.array([p[0] for p in points], dtype=np.float64)
+        returns = np.array([p[1] for p in points], dtype=np.float64)
+        window = len(returns) // 50
+        if window > 1:
+            cumsum = np.cumsum(np.insert(returns, 0, 0.0))
+            smoothed = (cumsum[window:] - cumsum[:-window]) / window
+            every = max(1, len(returns) // _MAX_DRAWN_POINTS)  # more points than pixels only cost time
+            ax.plot(steps[::every], returns[::every], alpha=0.3, color="tab:blue", linewidth=0.8,
+                    label="per update")
+            ax.plot(steps[window - 1::every], smoothed[::every], color="tab:blue",
+                    label=f"mean of {window} updates")
+            ax.legend(loc="upper left")
+        else:
+            ax.plot(steps, returns, color="tab:blue", marker="." if len(returns) < 30 else None)
     else:
         ax.text(0.5, 0.5, "no episode has ended yet", ha="center", va="center", transform=ax.transAxes)
+    ax.xaxis.set_major_formatter(EngFormatter())  # 20M rather than 2 with a 1e7 offset
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return")
-    ax.set_title(title)
+    ax.set_ylabel("mean episode return")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.95, bottom=0.13, top=0.91)  # fixed: tight_layout costs ~3x the drawing
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, png_path)

@@ -2,45 +2,35 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import time
 from typing import Any, Dict, Optional
 
+from torchbeast.core.scores import canonical_env_id
+from torchbeast.envs.memory_maze import NUM_ACTIONS
 from torchbeast.errors import ConfigError
 from torchbeast.models import MemoryAgent
 
-NUM_ACTIONS = 6  # Memory Maze: noop, forward, left, right, forward+left, forward+right
 MODEL_KEYS = ("posemb", "encoder", "use_lstm", "hidden_size")
 
 
-def train_run_dir(flags: argparse.Namespace) -> str:
-    """SAVEDIR/XPID for training; sets flags.xpid to a timestamped name when none was given."""
-    if flags.xpid is None:
-        flags.xpid = "torchbeast-" + time.strftime("%Y%m%d-%H%M%S")
-    run_dir = os.path.join(os.path.expanduser(flags.savedir), flags.xpid)
+def default_xpid() -> str:
+    """The run name when --xpid is not given: torchbeast-<date-time>."""
+    return "torchbeast-" + time.strftime("%Y%m%d-%H%M%S")
+
+
+def train_run_dir(savedir: str, xpid: str) -> str:
+    """Creates SAVEDIR/XPID (if new) and returns it."""
+    run_dir = os.path.join(os.path.expanduser(savedir), xpid)
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"--savedir {flags.savedir}: cannot create {run_dir}: {e.strerror}") from None
+        raise ConfigError(f"--savedir {savedir}: cannot create {run_dir}: {e.strerror}") from None
     return run_dir
 
 
-def test_checkpoint_path(flags: argparse.Namespace) -> str:
-    """--checkpoint, else SAVEDIR/XPID/model.tar, else the newest SAVEDIR/*/model.tar."""
-    if flags.checkpoint:
-        return flags.checkpoint
-    savedir = os.path.expanduser(flags.savedir)
-    if flags.xpid is not None:
-        return os.path.join(savedir, flags.xpid, "model.tar")
-    candidates = glob.glob(os.path.join(savedir, "*", "model.tar"))
-    if not candidates:
-        raise ConfigError(f"--mode test: no checkpoint found under --savedir {savedir} "
-                          "(train first, or pass --xpid or --checkpoint)")
-    return max(candidates, key=os.path.getmtime)
-
-
 def model_config(flags: argparse.Namespace) -> Dict[str, Any]:
+    """The flags that decide the model's shape; saved in checkpoints as a plain dict."""
     return {key: getattr(flags, key) for key in MODEL_KEYS}
 
 
@@ -48,14 +38,22 @@ def build_model(config: Dict[str, Any]) -> MemoryAgent:
     return MemoryAgent(num_actions=NUM_ACTIONS, **config)
 
 
-def check_resume_compatible(saved_config: Dict[str, Any], flags: argparse.Namespace, path: str) -> None:
+def check_resume_compatible(saved_config: Dict[str, Any], config: Dict[str, Any], path: str) -> None:
     """A resumed run must build the same model it saved."""
-    current = model_config(flags)
-    diffs = [f"--{k} {saved_config.get(k)!r} (saved) vs {current[k]!r} (now)" for k in MODEL_KEYS
-             if saved_config.get(k) != current[k]]
+    diffs = [f"--{k} {saved_config.get(k)!r} (saved) vs {config[k]!r} (now)" for k in MODEL_KEYS
+             if saved_config.get(k) != config[k]]
     if diffs:
         raise ConfigError(f"cannot resume {path}: the model flags differ: {'; '.join(diffs)} "
                           "(use another --xpid for a new run)")
+
+
+def check_trained_env(state: Dict[str, Any], env_id: str, path: str, allow_mismatch: bool) -> None:
+    """A checkpoint is resumed or tested on the env it was trained on, unless the user says to go ahead."""
+    trained = state["flags"].get("env") if isinstance(state.get("flags"), dict) else None
+    if trained is None or allow_mismatch or canonical_env_id(trained) == canonical_env_id(env_id):
+        return
+    raise ConfigError(f"checkpoint {path} was trained on --env {trained}, not --env {env_id} "
+                      f"(pass --env {trained}, or --allow_env_mismatch to use it on {env_id} anyway)")
 
 
 def existing_checkpoint(run_dir: str) -> Optional[str]:

@@ -1,10 +1,11 @@
-"""The learner's state and bookkeeping, shared by MonoBeast and PolyBeast.
+"""The learner's state and its reporting, shared by MonoBeast and PolyBeast.
 
 `LearnerState` owns the learner model, the optimiser and LR schedule, the step count and the
 run's outputs (logs.csv, TensorBoard, meta.json, checkpoints, learning curve). It resumes from
 SAVEDIR/XPID/model.tar when one exists. `learn()` is safe to call from several learner threads:
 updates are serialised, and `after_update` runs under the same lock (e.g. to copy the new
-weights to the actors' model).
+weights to the actors' model). `Reporter` prints the progress lines, redraws the learning curve
+and writes the periodic checkpoints, from the supervising loop (`torchbeast.core.supervisor`).
 """
 from __future__ import annotations
 
@@ -14,36 +15,56 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
 
 from torchbeast.core.checkpoint import load_checkpoint, save_checkpoint
-from torchbeast.core.learner import learn_step, make_optimizer
-from torchbeast.core.run_outputs import RunLogger, plot_learning_curve, write_meta
-from torchbeast.core.runs import build_model, check_resume_compatible, existing_checkpoint, model_config, train_run_dir
+from torchbeast.core.learner import UpdateConfig, learn_step, make_optimizer
+from torchbeast.core.run_outputs import RunLogger, plot_learning_curve, read_curve, write_meta
+from torchbeast.core.runs import (
+    build_model,
+    check_resume_compatible,
+    check_trained_env,
+    default_xpid,
+    existing_checkpoint,
+    model_config,
+    train_run_dir,
+)
 from torchbeast.models import AgentState, MemoryAgent
 
 log = logging.getLogger("torchbeast")
 
 
 class LearnerState:
+    """The learner side of a run. It keeps `flags` only to record them (meta.json, checkpoints)."""
+
     def __init__(self, flags: argparse.Namespace, device: torch.device, meta: Optional[Dict[str, Any]] = None) -> None:
+        if flags.xpid is None:
+            flags.xpid = default_xpid()  # recorded with the flags
         self.flags = flags
         self.device = device
-        self.run_dir = train_run_dir(flags)
+        self.total_steps: int = flags.total_steps
+        self.run_dir = train_run_dir(flags.savedir, flags.xpid)
         self.checkpoint_path = os.path.join(self.run_dir, "model.tar")
+        self.curve_path = os.path.join(self.run_dir, "learning_curve.png")
+        self.curve_title = f"{flags.xpid}: {flags.env}"
         if flags.seed is not None:
             torch.manual_seed(flags.seed)
-        self.model = build_model(model_config(flags)).to(device)
-        self.optimizer, self.scheduler = make_optimizer(flags, self.model)
+        self.model_config = model_config(flags)
+        self.model = build_model(self.model_config).to(device)
+        self.update_config = UpdateConfig.from_flags(flags)
+        self.optimizer, self.scheduler = make_optimizer(self.update_config, self.model)
         self.step = 0
-        self.recent_returns: collections.deque = collections.deque(maxlen=100)
+        self.recent_returns: Deque[float] = collections.deque(maxlen=100)
         self.last_stats: Dict[str, Any] = {}
         self.lock = threading.Lock()
         self._resume()
-        write_meta(self.run_dir, vars(flags), extra=dict(resumed_from_step=self.step, device=str(device), **(meta or {})))
+        write_meta(self.run_dir, vars(flags),
+                   extra=dict(resumed_from_step=self.step, device=str(device), **(meta or {})))
         self.logger = RunLogger(self.run_dir)
+        # (step, mean episode return) of each update where an episode ended: the learning curve.
+        self.curve: List[Tuple[int, float]] = read_curve(self.logger.csv_path)
         self._sps_clock = (time.monotonic(), self.step)
 
     def _resume(self) -> None:
@@ -51,7 +72,8 @@ class LearnerState:
         if path is None:
             return
         state = load_checkpoint(path)
-        check_resume_compatible(state["model_config"], self.flags, path)
+        check_resume_compatible(state["model_config"], self.model_config, path)
+        check_trained_env(state, self.flags.env, path, self.flags.allow_env_mismatch)
         self.model.load_state_dict(state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
@@ -61,20 +83,20 @@ class LearnerState:
 
     @property
     def done(self) -> bool:
-        return self.step >= self.flags.total_steps
+        return self.step >= self.total_steps
 
     def close_if_done(self) -> bool:
         """True (and closes the outputs) when a resumed run already has --total_steps steps."""
         if not self.done:
             return False
         log.info("Run %s already has %d >= --total_steps %d steps; nothing to do.",
-                 self.flags.xpid, self.step, self.flags.total_steps)
+                 self.flags.xpid, self.step, self.total_steps)
         self.close()
         return True
 
     def new_model_copy(self, device: torch.device) -> MemoryAgent:
         """A copy of the learner model for acting (inference), in eval mode."""
-        model = build_model(model_config(self.flags)).to(device)
+        model = build_model(self.model_config).to(device)
         model.load_state_dict(self.model.state_dict())
         model.eval()
         return model
@@ -89,7 +111,8 @@ class LearnerState:
         with self.lock:
             if self.done:
                 return None
-            stats = learn_step(self.flags, self.model, batch, initial_agent_state, self.optimizer, self.scheduler)
+            stats = learn_step(self.update_config, self.model, batch, initial_agent_state, self.optimizer,
+                               self.scheduler)
             if after_update is not None:
                 after_update()
             T, B = batch["done"].shape
@@ -105,51 +128,105 @@ class LearnerState:
         self._sps_clock = (now, self.step)
         row = {key: stats[key] for key in ("total_loss", "pg_loss", "baseline_loss", "entropy_loss",
                                            "learning_rate", "grad_norm")}
+        # sps: this update's steps over the time since the previous update (logs.csv, TensorBoard).
         row.update(step=self.step, time=time.time(), sps=(self.step - s0) / (now - t0) if now > t0 else None,
                    episodes=len(returns),
                    mean_episode_return=sum(returns) / len(returns) if returns else None,
                    mean_episode_step=sum(stats["episode_steps"]) / len(returns) if returns else None)
         self.logger.log(row)
         self.last_stats = row
+        if returns:
+            self.curve.append((self.step, row["mean_episode_return"]))
 
     def save(self) -> None:
+        """Writes the checkpoint, then redraws the learning curve."""
         with self.lock:
             save_checkpoint(self.checkpoint_path, dict(
                 model_state_dict=self.model.state_dict(),
                 optimizer_state_dict=self.optimizer.state_dict(),
                 scheduler_state_dict=self.scheduler.state_dict(),
-                model_config=model_config(self.flags),
+                model_config=self.model_config,
                 step=self.step,
                 flags=vars(self.flags),
                 recent_returns=list(self.recent_returns),
             ))
-            plot_learning_curve(self.logger.csv_path, os.path.join(self.run_dir, "learning_curve.png"),
-                                title=f"{self.flags.xpid}: {self.flags.env}")
         log.info("Saved checkpoint %s at step %d", self.checkpoint_path, self.step)
+        self.draw_learning_curve()
+
+    def draw_learning_curve(self) -> None:
+        """Redraws learning_curve.png (outside the lock: the learner threads go on meanwhile)."""
+        with self.lock:
+            points = list(self.curve)
+        plot_learning_curve(points, self.curve_path, title=self.curve_title)
 
     def close(self) -> None:
         self.logger.close()
 
 
-class Reporter:
-    """Prints a progress line every --log_interval seconds and checkpoints every --checkpoint_interval."""
+class StepRate:
+    """Env steps per second over the updates of the last `window_s` seconds (since the start when
+    the run is younger).
 
-    def __init__(self, state: LearnerState) -> None:
+    It is measured between update times, not over a fixed stretch of wall time: an update adds
+    batch_size * unroll_length steps at once (3200 every ~25 s on Memory Maze with the seed's
+    flags), so a count over a fixed window would jump by a whole update. Once the next update is
+    later than the mean interval between updates, the wait counts too, so a stalled run's rate
+    falls towards 0.
+    """
+
+    def __init__(self, window_s: float, now: float, step: int) -> None:
+        self.window_s = window_s
+        self._samples: Deque[Tuple[float, int]] = collections.deque([(now, step)])  # start, then each update
+
+    def observe(self, now: float, step: int) -> None:
+        if step != self._samples[-1][1]:
+            self._samples.append((now, step))
+        last_update = self._samples[-1][0]
+        # Keep one sample at or before the window's start as its base.
+        while len(self._samples) >= 2 and self._samples[1][0] <= last_update - self.window_s:
+            self._samples.popleft()
+
+    def per_second(self, now: float) -> float:
+        (t0, s0), (t1, s1) = self._samples[0], self._samples[-1]
+        if t1 == t0:
+            return 0.0
+        mean_interval = (t1 - t0) / (len(self._samples) - 1)
+        overdue = max(0.0, now - t1 - mean_interval)
+        return (s1 - s0) / (t1 - t0 + overdue)
+
+
+class Reporter:
+    """Called from the supervising loop: a progress line every `log_interval` seconds, the learning
+    curve every `curve_interval` seconds, a checkpoint (with the curve) every `checkpoint_interval`."""
+
+    def __init__(self, state: LearnerState, log_interval: float, checkpoint_interval: float,
+                 curve_interval: float = 60.0, sps_window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
-        now = time.monotonic()
-        self.start_time, self.start_step = now, state.step
-        self._last_log, self._last_log_step = now, state.step
-        self._last_checkpoint = now
+        self.log_interval = log_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.curve_interval = curve_interval
+        self.clock = clock
+        now = clock()
+        self.rate = StepRate(sps_window, now, state.step)
+        self._last_log = self._last_checkpoint = self._last_curve = now
+        self._curve_points_drawn = len(state.curve)
 
     def tick(self) -> None:
-        now = time.monotonic()
-        flags = self.state.flags
-        if now - self._last_log >= flags.log_interval:
-            self.print_progress((self.state.step - self._last_log_step) / (now - self._last_log))
-            self._last_log, self._last_log_step = now, self.state.step
-        if now - self._last_checkpoint >= flags.checkpoint_interval:
+        now = self.clock()
+        self.rate.observe(now, self.state.step)
+        if now - self._last_log >= self.log_interval:
+            self.print_progress(self.rate.per_second(now))
+            self._last_log = now
+        if now - self._last_checkpoint >= self.checkpoint_interval:
             self.state.save()
-            self._last_checkpoint = now
+            self._last_checkpoint = self._last_curve = now
+            self._curve_points_drawn = len(self.state.curve)
+        elif now - self._last_curve >= self.curve_interval:
+            if len(self.state.curve) != self._curve_points_drawn:  # nothing new, nothing to draw
+                self._curve_points_drawn = len(self.state.curve)
+                self.state.draw_learning_curve()
+            self._last_curve = now
 
     def print_progress(self, sps: float) -> None:
         returns = self.state.recent_returns
@@ -158,9 +235,3 @@ class Reporter:
         loss = self.state.last_stats.get("total_loss")
         loss_text = f"{loss:.3f}" if loss is not None else "-"
         print(f"step {self.state.step:>10d} | {sps:7.1f} SPS | return {mean_return} | loss {loss_text}", flush=True)
-
-    def summary(self) -> None:
-        elapsed = time.monotonic() - self.start_time
-        steps = self.state.step - self.start_step
-        log.info("Trained %d steps in %.0f s (%.1f SPS) to step %d.", steps, elapsed, steps / max(elapsed, 1e-9),
-                 self.state.step)

@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from torchbeast.envs.memory_maze import NUM_ACTIONS
+
 ENV_ID = "torchbeast:CueMemory-v0"
 
 _CUE_COLOURS = np.array([[220, 40, 40], [40, 40, 220]], dtype=np.uint8)
@@ -28,7 +30,7 @@ def _solid_frame(colour: np.ndarray) -> np.ndarray:
 class CueMemoryEnv:
     """Gymnasium-API env: reset() -> (obs, info); step(a) -> (obs, r, terminated, truncated, info)."""
 
-    num_actions = 6
+    num_actions = NUM_ACTIONS  # Memory Maze's, so the same agent plays both
     has_positions = True
     maze_size = 1
     maze_layout = None
@@ -61,6 +63,12 @@ class CueMemoryEnv:
             "heading": np.array([1.0, 0.0], dtype=np.float32),
             "noisy_position": position + noise,
         }
+
+    @staticmethod
+    def observation_shapes() -> Dict[str, Tuple[Tuple[int, ...], str]]:
+        """Key -> (shape, dtype name) of the observations, as `torchbeast.envs.observation_shapes`."""
+        return {"frame": ((3, 64, 64), "uint8"), "position": ((2,), "float32"), "heading": ((2,), "float32"),
+                "noisy_position": ((2,), "float32")}
 
     def reset(self, seed: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         if seed is not None:

@@ -1,0 +1,55 @@
+"""Each entry point takes its own flags and no others: --help lists exactly them, and a flag of
+another entry point is one line and exit status 2."""
+import re
+
+import pytest
+from cli import run_module
+
+ENV = {"--env", "--env_impl", "--pos_noise", "--seed"}
+TRAINER = ENV | {
+    "--posemb", "--encoder", "--use_lstm", "--no_lstm", "--hidden_size",
+    "--mode", "--total_steps", "--batch_size", "--unroll_length", "--num_learner_threads", "--discounting",
+    "--entropy_cost", "--baseline_cost", "--reward_clipping", "--learning_rate", "--warmup_steps", "--alpha",
+    "--momentum", "--epsilon", "--grad_norm_clipping",
+    "--xpid", "--savedir", "--checkpoint", "--gpu_n", "--disable_cuda", "--num_threads", "--test_episodes",
+    "--record", "--allow_env_mismatch", "--checkpoint_interval", "--log_interval",
+}
+INFERENCE = {"--num_inference_threads", "--max_inference_batch_size", "--inference_timeout_ms",
+             "--max_learner_queue_size", "--inference_device", "--learner_device"}
+FLAGS = {
+    "torchbeast.monobeast": TRAINER | {"--num_actors", "--num_buffers"},
+    "torchbeast.polybeast_learner": TRAINER | INFERENCE | {"--env_servers", "--pipes_basename", "--num_servers"},
+    "torchbeast.polybeast": TRAINER | INFERENCE | {"--pipes_basename", "--num_servers"},
+    "torchbeast.polybeast_env": ENV | {"--num_servers", "--pipes_basename", "--bind"},
+}
+
+
+def listed_flags(help_text):
+    """The flags of --help's option entries ('  --env ENV   Gym id...', '  -h, --help  ...')."""
+    flags = set()
+    for line in help_text.splitlines():
+        if re.match(r"^  -", line):
+            flags.update(re.findall(r"--\w+", line.strip().split("  ")[0]))
+    return flags - {"--help"}
+
+
+@pytest.mark.parametrize("module", sorted(FLAGS))
+def test_help_lists_exactly_the_flags_of_the_entry_point(module):
+    assert listed_flags(run_module(module, "--help").stdout) == FLAGS[module]
+
+
+@pytest.mark.parametrize("module,args,hint", [
+    ("torchbeast.polybeast", ["--num_actors", "4"], "--num_servers"),
+    ("torchbeast.polybeast_learner", ["--num_actors", "4"], "--num_servers"),
+    ("torchbeast.polybeast_learner", ["--num_buffers=8"], "--max_learner_queue_size"),
+    ("torchbeast.polybeast", ["--env_servers", "unix:/tmp/a"], "use polybeast_learner"),
+    ("torchbeast.monobeast", ["--num_servers", "2"], None),
+    ("torchbeast.polybeast_env", ["--total_steps", "10"], None),
+])
+def test_a_flag_of_another_entry_point_is_one_line_and_exit_2(module, args, hint):
+    proc = run_module(module, *args, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    flag = args[0].split("=")[0]
+    assert proc.stderr.count("\n") == 1 and "unrecognized arguments" in proc.stderr and flag in proc.stderr
+    assert hint is None or hint in proc.stderr
+    assert proc.stdout == ""

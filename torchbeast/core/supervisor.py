@@ -1,0 +1,217 @@
+"""The loop that supervises a training run, shared by MonoBeast and PolyBeast.
+
+`run_learner` starts the learner threads, ticks the reporter (progress lines, learning curve,
+checkpoints) and polls the trainer's health checks (actor processes, the actor pool and inference
+threads, env servers) until the run stops for one `StopReason`: finished (--total_steps reached),
+interrupted (Ctrl-C, SIGTERM) or failed (what failed, and where). Whatever the reason, it then
+releases the workers, joins the learner threads, saves a checkpoint and closes the outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import signal
+import threading
+import time
+from typing import Any, Callable, Optional, Protocol, Sequence, Tuple
+
+from torchbeast.errors import ConfigError
+
+log = logging.getLogger("torchbeast")
+
+
+class Outcome(enum.Enum):
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class StopReason:
+    """Why a run stopped; `detail` says what happened in words a user reads."""
+
+    outcome: Outcome
+    detail: str
+    config_error: bool = False  # a failure caused by bad input (exit status 2 rather than 1)
+    error: Optional[BaseException] = dataclasses.field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def finished(cls, detail: str) -> "StopReason":
+        return cls(Outcome.FINISHED, detail)
+
+    @classmethod
+    def interrupted(cls, detail: str) -> "StopReason":
+        return cls(Outcome.INTERRUPTED, detail)
+
+    @classmethod
+    def failed(cls, detail: str, error: Optional[BaseException] = None) -> "StopReason":
+        return cls(Outcome.FAILED, detail, config_error=isinstance(error, ConfigError), error=error)
+
+    def __str__(self) -> str:
+        return f"{self.outcome.value}: {self.detail}"
+
+
+# A health check returns the reason to stop when something the run depends on has failed, else None.
+HealthCheck = Callable[[], Optional[StopReason]]
+
+
+def interrupt_detail(interrupt: KeyboardInterrupt) -> str:
+    """The signal behind a KeyboardInterrupt (`cli.sigterm_as_interrupt` raises one saying 'SIGTERM')."""
+    return str(interrupt) or "SIGINT (Ctrl-C)"
+
+
+class WatchedThread:
+    """A daemon thread whose exception is kept (not printed) for the supervisor to report."""
+
+    def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        self.name = name
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(target, *args), name=name, daemon=True)
+
+    def _run(self, target: Callable[..., None], *args: Any) -> None:
+        try:
+            target(*args)
+        except BaseException as e:  # noqa: BLE001 - reported by failure()
+            self.error = e
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def raised(self) -> Optional[StopReason]:
+        """The failure, when the thread raised."""
+        if self.error is None:
+            return None
+        if isinstance(self.error, ConfigError):
+            return StopReason.failed(str(self.error), self.error)
+        message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
+        return StopReason.failed(f"{self.name} failed: {type(self.error).__name__}: {message}", self.error)
+
+    def failure(self) -> Optional[StopReason]:
+        """A health check for a thread that must run as long as the run: it raised, or it ended."""
+        raised = self.raised()
+        if raised is not None or self._thread.ident is None or self._thread.is_alive():
+            return raised
+        return StopReason.failed(f"{self.name} ended unexpectedly")
+
+
+def exited_processes(processes: Sequence[Tuple[str, Any]], grace_s: float = 0.0) -> HealthCheck:
+    """A health check for processes that must run as long as the run.
+
+    `processes` are (label, multiprocessing.Process) pairs; the label says what the process is in
+    the failure, e.g. 'env server env-server-2 (unix:/tmp/x/env.2)'. A process is reported once it
+    has been seen dead for `grace_s` seconds (time for its own report of why to arrive first).
+    """
+    first_seen_dead: dict = {}
+
+    def check() -> Optional[StopReason]:
+        now = time.monotonic()
+        for label, process in processes:
+            if process.is_alive():
+                continue
+            if now - first_seen_dead.setdefault(label, now) >= grace_s:
+                return StopReason.failed(f"{label} exited with code {_exit_code_text(process.exitcode)}")
+        return None
+
+    return check
+
+
+def _exit_code_text(code: Optional[int]) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
+
+
+class Learning(Protocol):
+    """What the loop needs of the learner's state (`torchbeast.core.training.LearnerState`)."""
+
+    step: int
+    total_steps: int
+
+    @property
+    def done(self) -> bool: ...
+
+    def save(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Ticking(Protocol):
+    def tick(self) -> None: ...
+
+
+def run_learner(
+    state: Learning,
+    reporter: Ticking,
+    learn: Callable[[threading.Event], None],
+    num_learner_threads: int,
+    health_checks: Sequence[HealthCheck] = (),
+    release: Callable[[], None] = lambda: None,
+    tick_s: float = 0.2,
+    join_timeout_s: float = 30.0,
+) -> StopReason:
+    """Runs `num_learner_threads` threads of `learn(stop)` until the run stops; returns why.
+
+    `learn` takes batches and updates until `stop` is set or `state.done`. `release` is called
+    once when the run stops, before the learner threads are joined: it wakes whatever they may
+    be blocked on (closes queues, stops the actor pool). Ctrl-C and SIGTERM reach this loop as
+    KeyboardInterrupt, in the main thread.
+    """
+    stop = threading.Event()
+    learners = [WatchedThread(f"learner-{i}", learn, stop) for i in range(num_learner_threads)]
+    start_time, start_step = time.monotonic(), state.step
+    reason: Optional[StopReason] = None
+    for thread in learners:
+        thread.start()
+    try:
+        while reason is None:
+            time.sleep(tick_s)
+            reason = _first_failure(learners, health_checks)
+            if reason is None and state.done:
+                reason = StopReason.finished(f"reached --total_steps {state.total_steps}")
+            elif reason is None and not any(thread.is_alive() for thread in learners):
+                reason = StopReason.failed("the learner threads ended before --total_steps")
+            if reason is None:
+                reporter.tick()
+    except KeyboardInterrupt as interrupt:
+        reason = StopReason.interrupted(interrupt_detail(interrupt))
+    finally:
+        stop.set()
+        try:
+            release()
+        finally:
+            for thread in learners:
+                thread.join(timeout=join_timeout_s)
+            try:
+                state.save()
+            finally:
+                state.close()
+    if reason.outcome is Outcome.FAILED and reason.error is not None and not reason.config_error:
+        log.error("%s", reason.detail, exc_info=reason.error)  # the traceback, for a bug
+    elapsed = time.monotonic() - start_time
+    steps = state.step - start_step
+    level = logging.ERROR if reason.outcome is Outcome.FAILED else logging.INFO
+    log.log(level, "Stopped (%s). Trained %d steps in %.0f s (%.1f SPS), to step %d; checkpoint saved.",
+            reason, steps, elapsed, steps / max(elapsed, 1e-9), state.step)
+    return reason
+
+
+def _first_failure(learners: Sequence[WatchedThread], health_checks: Sequence[HealthCheck]) -> Optional[StopReason]:
+    # Learner threads first: a failed actor's own report of why reaches them through the queue.
+    for thread in learners:
+        if thread.raised() is not None:
+            return thread.raised()
+    for check in health_checks:
+        reason = check()
+        if reason is not None:
+            return reason
+    return None
