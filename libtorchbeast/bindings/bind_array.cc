@@ -19,18 +19,30 @@ namespace {
 
 py::dtype NumpyDType(DType dtype) {
   switch (dtype) {
-    case DType::kBool: return py::dtype::of<bool>();
-    case DType::kUInt8: return py::dtype::of<uint8_t>();
-    case DType::kInt8: return py::dtype::of<int8_t>();
-    case DType::kInt16: return py::dtype::of<int16_t>();
-    case DType::kUInt16: return py::dtype::of<uint16_t>();
-    case DType::kInt32: return py::dtype::of<int32_t>();
-    case DType::kUInt32: return py::dtype::of<uint32_t>();
-    case DType::kInt64: return py::dtype::of<int64_t>();
-    case DType::kUInt64: return py::dtype::of<uint64_t>();
-    case DType::kFloat16: return py::dtype("float16");
-    case DType::kFloat32: return py::dtype::of<float>();
-    case DType::kFloat64: return py::dtype::of<double>();
+    case DType::kBool:
+      return py::dtype::of<bool>();
+    case DType::kUInt8:
+      return py::dtype::of<uint8_t>();
+    case DType::kInt8:
+      return py::dtype::of<int8_t>();
+    case DType::kInt16:
+      return py::dtype::of<int16_t>();
+    case DType::kUInt16:
+      return py::dtype::of<uint16_t>();
+    case DType::kInt32:
+      return py::dtype::of<int32_t>();
+    case DType::kUInt32:
+      return py::dtype::of<uint32_t>();
+    case DType::kInt64:
+      return py::dtype::of<int64_t>();
+    case DType::kUInt64:
+      return py::dtype::of<uint64_t>();
+    case DType::kFloat16:
+      return py::dtype("float16");
+    case DType::kFloat32:
+      return py::dtype::of<float>();
+    case DType::kFloat64:
+      return py::dtype::of<double>();
   }
   throw InvalidArgument("invalid dtype");
 }

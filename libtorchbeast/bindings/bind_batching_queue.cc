@@ -33,8 +33,9 @@ copied in and handed out as NumPy arrays without copying.)doc")
            py::arg("timeout_ms") = py::none(), py::arg("check_inputs") = true,
            py::arg("maximum_queue_size") = py::none())
       .def(
-          "enqueue", [](BatchingQueue& queue, const ArrayNest& nest) { queue.Enqueue(nest); }, py::arg("nest"), py::call_guard<py::gil_scoped_release>(),
-           "Adds a nest; blocks while the queue is full. Raises ClosedError once closed.")
+          "enqueue", [](BatchingQueue& queue, const ArrayNest& nest) { queue.Enqueue(nest); }, py::arg("nest"),
+          py::call_guard<py::gil_scoped_release>(),
+          "Adds a nest; blocks while the queue is full. Raises ClosedError once closed.")
       .def("dequeue_many", &BatchingQueue::DequeueMany, py::call_guard<py::gil_scoped_release>(),
            "Returns the next batch (see the class docstring). Raises ClosedError once closed.")
       .def("close", &BatchingQueue::Close, py::call_guard<py::gil_scoped_release>(),

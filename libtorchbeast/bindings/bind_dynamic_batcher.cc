@@ -35,20 +35,22 @@ already handed out stay valid. Closing twice raises ClosedError.)doc");
   py::class_<Batch, std::shared_ptr<Batch>>(m, "Batch", "One batch of DynamicBatcher calls.")
       .def("get_inputs", &Batch::inputs, "The callers' inputs, concatenated along batch_dim (no copy).")
       .def(
-          "set_outputs", [](Batch& batch, const ArrayNest& outputs) { batch.SetOutputs(outputs); }, py::arg("outputs"), py::call_guard<py::gil_scoped_release>(),
-           "Answers every caller with its rows of `outputs`. Raises ValueError for outputs of the "
-           "wrong batch size and RuntimeError if outputs were already set.")
+          "set_outputs", [](Batch& batch, const ArrayNest& outputs) { batch.SetOutputs(outputs); }, py::arg("outputs"),
+          py::call_guard<py::gil_scoped_release>(),
+          "Answers every caller with its rows of `outputs`. Raises ValueError for outputs of the "
+          "wrong batch size and RuntimeError if outputs were already set.")
       .def_property_readonly("num_callers", &Batch::num_callers)
       .def_property_readonly("batch_size", &Batch::batch_size, "Total size of the inputs along batch_dim.");
 
   batcher
       .def(py::init<int64_t, int64_t, int64_t, std::optional<int64_t>, bool>(), py::arg("batch_dim") = 1,
-           py::arg("minimum_batch_size") = 1, py::arg("maximum_batch_size") = 1024,
-           py::arg("timeout_ms") = py::none(), py::arg("check_outputs") = true)
+           py::arg("minimum_batch_size") = 1, py::arg("maximum_batch_size") = 1024, py::arg("timeout_ms") = py::none(),
+           py::arg("check_outputs") = true)
       .def(
-          "compute", [](DynamicBatcher& b, const ArrayNest& inputs) { return b.Compute(inputs); }, py::arg("inputs"), py::call_guard<py::gil_scoped_release>(),
-           "Submits `inputs` and returns this caller's part of the outputs. Raises ClosedError, "
-           "BatchDroppedError or ValueError when the batch fails.")
+          "compute", [](DynamicBatcher& b, const ArrayNest& inputs) { return b.Compute(inputs); }, py::arg("inputs"),
+          py::call_guard<py::gil_scoped_release>(),
+          "Submits `inputs` and returns this caller's part of the outputs. Raises ClosedError, "
+          "BatchDroppedError or ValueError when the batch fails.")
       .def(
           "get_batch",
           [](DynamicBatcher& b) {

@@ -5,8 +5,9 @@
 #include "bindings/bindings.h"
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "The torch-free C++ core of PolyBeast: batching queues, a dynamic batcher, gRPC env "
-            "servers and an actor pool, moving nests of NumPy arrays.";
+  m.doc() =
+      "The torch-free C++ core of PolyBeast: batching queues, a dynamic batcher, gRPC env "
+      "servers and an actor pool, moving nests of NumPy arrays.";
   torchbeast::python::BindArray(m);
   torchbeast::python::BindBatchingQueue(m);
   torchbeast::python::BindDynamicBatcher(m);

@@ -61,18 +61,30 @@ std::size_t ItemSize(DType dtype) {
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kBool: return "bool";
-    case DType::kUInt8: return "uint8";
-    case DType::kInt8: return "int8";
-    case DType::kInt16: return "int16";
-    case DType::kUInt16: return "uint16";
-    case DType::kInt32: return "int32";
-    case DType::kUInt32: return "uint32";
-    case DType::kInt64: return "int64";
-    case DType::kUInt64: return "uint64";
-    case DType::kFloat16: return "float16";
-    case DType::kFloat32: return "float32";
-    case DType::kFloat64: return "float64";
+    case DType::kBool:
+      return "bool";
+    case DType::kUInt8:
+      return "uint8";
+    case DType::kInt8:
+      return "int8";
+    case DType::kInt16:
+      return "int16";
+    case DType::kUInt16:
+      return "uint16";
+    case DType::kInt32:
+      return "int32";
+    case DType::kUInt32:
+      return "uint32";
+    case DType::kInt64:
+      return "int64";
+    case DType::kUInt64:
+      return "uint64";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
   }
   return "invalid";
 }
@@ -90,11 +102,7 @@ Array::Array(DType dtype, std::vector<int64_t> shape)
 }
 
 Array::Array(DType dtype, std::vector<int64_t> shape, std::shared_ptr<void> owner, void* data)
-    : dtype_(dtype),
-      shape_(std::move(shape)),
-      numel_(NumElements(shape_)),
-      owner_(std::move(owner)),
-      data_(data) {}
+    : dtype_(dtype), shape_(std::move(shape)), numel_(NumElements(shape_)), owner_(std::move(owner)), data_(data) {}
 
 Array Array::Zeros(DType dtype, std::vector<int64_t> shape) {
   Array a(dtype, std::move(shape));
@@ -104,16 +112,14 @@ Array Array::Zeros(DType dtype, std::vector<int64_t> shape) {
 
 Array Array::Reshape(std::vector<int64_t> shape) const {
   if (NumElements(shape) != numel_) {
-    throw InvalidArgument("cannot reshape an array of shape " + ShapeString(shape_) + " to " +
-                          ShapeString(shape));
+    throw InvalidArgument("cannot reshape an array of shape " + ShapeString(shape_) + " to " + ShapeString(shape));
   }
   return Array(dtype_, std::move(shape), owner_, data_);
 }
 
 Array Array::ExpandDims(int64_t dim) const {
   if (dim < 0 || dim > ndim()) {
-    throw InvalidArgument("ExpandDims: dim " + std::to_string(dim) + " out of range for shape " +
-                          ShapeString(shape_));
+    throw InvalidArgument("ExpandDims: dim " + std::to_string(dim) + " out of range for shape " + ShapeString(shape_));
   }
   std::vector<int64_t> shape = shape_;
   shape.insert(shape.begin() + dim, 1);
@@ -122,8 +128,7 @@ Array Array::ExpandDims(int64_t dim) const {
 
 Array Array::SqueezeFront() const {
   if (shape_.empty() || shape_[0] != 1) {
-    throw InvalidArgument("SqueezeFront: expected a leading dimension of size 1, got shape " +
-                          ShapeString(shape_));
+    throw InvalidArgument("SqueezeFront: expected a leading dimension of size 1, got shape " + ShapeString(shape_));
   }
   return Array(dtype_, std::vector<int64_t>(shape_.begin() + 1, shape_.end()), owner_, data_);
 }
@@ -143,22 +148,21 @@ Array Concatenate(const std::vector<const Array*>& arrays, int64_t dim) {
   if (arrays.empty()) throw InvalidArgument("Concatenate: no arrays");
   const Array& first = *arrays[0];
   if (dim < 0 || dim >= first.ndim()) {
-    throw InvalidArgument("cannot concatenate along dim " + std::to_string(dim) +
-                          " arrays of shape " + ShapeString(first.shape()));
+    throw InvalidArgument("cannot concatenate along dim " + std::to_string(dim) + " arrays of shape " +
+                          ShapeString(first.shape()));
   }
   int64_t total = 0;
   for (std::size_t k = 0; k < arrays.size(); ++k) {
     const Array& a = *arrays[k];
     if (a.dtype() != first.dtype()) {
-      throw InvalidArgument(std::string("cannot concatenate arrays of dtypes ") +
-                            DTypeName(first.dtype()) + " and " + DTypeName(a.dtype()));
+      throw InvalidArgument(std::string("cannot concatenate arrays of dtypes ") + DTypeName(first.dtype()) + " and " +
+                            DTypeName(a.dtype()));
     }
     bool same = a.ndim() == first.ndim();
     for (int64_t i = 0; same && i < a.ndim(); ++i) same = i == dim || a.shape()[i] == first.shape()[i];
     if (!same) {
-      throw InvalidArgument("cannot concatenate along dim " + std::to_string(dim) +
-                            " arrays of shapes " + ShapeString(first.shape()) + " and " +
-                            ShapeString(a.shape()));
+      throw InvalidArgument("cannot concatenate along dim " + std::to_string(dim) + " arrays of shapes " +
+                            ShapeString(first.shape()) + " and " + ShapeString(a.shape()));
     }
     total += a.shape()[dim];
   }
@@ -188,13 +192,12 @@ std::vector<Array> Split(const Array& array, int64_t dim, const std::vector<int6
   int64_t total = 0;
   for (int64_t s : sizes) total += s;
   if (total != array.shape()[dim]) {
-    throw InvalidArgument("cannot split an array of shape " + ShapeString(array.shape()) +
-                          " along dim " + std::to_string(dim) + " into pieces of total size " +
-                          std::to_string(total));
+    throw InvalidArgument("cannot split an array of shape " + ShapeString(array.shape()) + " along dim " +
+                          std::to_string(dim) + " into pieces of total size " + std::to_string(total));
   }
   const int64_t outer = Product(array.shape(), 0, dim);
-  const std::size_t row = static_cast<std::size_t>(Product(array.shape(), dim + 1, array.shape().size())) *
-                          ItemSize(array.dtype());
+  const std::size_t row =
+      static_cast<std::size_t>(Product(array.shape(), dim + 1, array.shape().size())) * ItemSize(array.dtype());
   const std::size_t full = row * array.shape()[dim];
   std::vector<Array> out;
   out.reserve(sizes.size());
@@ -218,8 +221,7 @@ std::vector<Array> Split(const Array& array, int64_t dim, const std::vector<int6
 }
 
 ArrayNest ConcatenateNests(const std::vector<ArrayNest>& nests, int64_t dim) {
-  return nest::map_many(
-      [dim](const std::vector<const Array*>& leaves) { return Concatenate(leaves, dim); }, nests);
+  return nest::map_many([dim](const std::vector<const Array*>& leaves) { return Concatenate(leaves, dim); }, nests);
 }
 
 std::vector<ArrayNest> SplitNest(const ArrayNest& nest, int64_t dim, const std::vector<int64_t>& sizes) {
@@ -269,8 +271,8 @@ std::string Describe(const ArrayNest& spec, const ArrayNest& nest, int64_t batch
     if (batch_dim < 0) return "";
     if (*batch_size < 0) *batch_size = a.shape()[batch_dim];
     if (a.shape()[batch_dim] != *batch_size) {
-      return where + ": batch size " + std::to_string(a.shape()[batch_dim]) + " (shape " +
-             ShapeString(a.shape()) + "), but an earlier array has batch size " + std::to_string(*batch_size);
+      return where + ": batch size " + std::to_string(a.shape()[batch_dim]) + " (shape " + ShapeString(a.shape()) +
+             "), but an earlier array has batch size " + std::to_string(*batch_size);
     }
     return "";
   }
@@ -279,8 +281,8 @@ std::string Describe(const ArrayNest& spec, const ArrayNest& nest, int64_t batch
       return where + ": " + nest.KindName() + ", expected " + spec.KindName();
     }
     for (std::size_t i = 0; i < spec.vector().size(); ++i) {
-      std::string d = Describe(spec.vector()[i], nest.vector()[i], batch_dim,
-                               path + "[" + std::to_string(i) + "]", batch_size);
+      std::string d =
+          Describe(spec.vector()[i], nest.vector()[i], batch_dim, path + "[" + std::to_string(i) + "]", batch_size);
       if (!d.empty()) return d;
     }
     return "";

@@ -36,9 +36,7 @@ TEST(ArrayTest, SizesForEveryDType) {
   EXPECT_STREQ(DTypeName(DType::kFloat16), "float16");
 }
 
-TEST(ArrayTest, NegativeDimensionThrows) {
-  EXPECT_THROW(Array(DType::kUInt8, {2, -1}), InvalidArgument);
-}
+TEST(ArrayTest, NegativeDimensionThrows) { EXPECT_THROW(Array(DType::kUInt8, {2, -1}), InvalidArgument); }
 
 TEST(ArrayTest, ZeroSizedAndScalar) {
   Array empty = Array::Zeros(DType::kFloat32, {0, 4});

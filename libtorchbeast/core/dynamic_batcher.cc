@@ -17,8 +17,8 @@ DynamicBatcher::Batch::Batch(int64_t batch_dim, bool check_outputs, ArrayNest in
 
 DynamicBatcher::Batch::~Batch() {
   if (!answered_) {
-    FailAll(std::make_exception_ptr(BatchDroppedError(
-        "DynamicBatcher: the batch holding these inputs was dropped before its outputs were set")));
+    FailAll(std::make_exception_ptr(
+        BatchDroppedError("DynamicBatcher: the batch holding these inputs was dropped before its outputs were set")));
   }
 }
 

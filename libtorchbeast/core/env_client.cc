@@ -89,9 +89,9 @@ void EnvClient::ThrowStreamError() {
     case grpc::StatusCode::OK:
       throw RpcError(static_cast<int>(status.error_code()), "the env server ended the stream" + where);
     default:
-      throw RpcError(static_cast<int>(status.error_code()),
-                     "stream failed with gRPC status " + std::to_string(static_cast<int>(status.error_code())) +
-                         ": " + status.error_message() + where);
+      throw RpcError(static_cast<int>(status.error_code()), "stream failed with gRPC status " +
+                                                                std::to_string(static_cast<int>(status.error_code())) +
+                                                                ": " + status.error_message() + where);
   }
 }
 
