@@ -28,3 +28,15 @@ def test_an_old_checkpoint_resumes_and_tests(tmp_path, trainer):
     run_module(trainer, *flags, "--mode", "test", "--test_episodes", "2", "--savedir", tmp_path, "--xpid", "old")
     results = json.loads((run_dir / "test_results.json").read_text())
     assert results["episodes"] == 2 and results["trained_steps"] >= 1600
+
+
+def test_resuming_on_another_env_is_refused_unless_allowed(tmp_path):
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    shutil.copy(OLD_CHECKPOINT, run_dir / "model.tar")
+    maze = ["--env", "memory_maze:MemoryMaze-9x9-v0"] + FLAGS[2:] + ["--num_actors", "1"]
+    proc = run_module("torchbeast.monobeast", *maze, "--savedir", tmp_path, "--xpid", "old", check=False)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "trained on --env torchbeast:CueMemory-v0" in last and "--allow_env_mismatch" in last
+    assert "Traceback" not in proc.stderr
