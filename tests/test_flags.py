@@ -10,17 +10,18 @@ TRAINER = ENV | {
     "--posemb", "--encoder", "--use_lstm", "--no_lstm", "--hidden_size",
     "--mode", "--total_steps", "--batch_size", "--unroll_length", "--num_learner_threads", "--discounting",
     "--entropy_cost", "--baseline_cost", "--reward_clipping", "--learning_rate", "--warmup_steps", "--alpha",
-    "--momentum", "--epsilon", "--grad_norm_clipping",
+    "--momentum", "--epsilon", "--grad_norm_clipping", "--max_nonfinite_updates",
     "--xpid", "--savedir", "--checkpoint", "--gpu_n", "--disable_cuda", "--num_threads", "--test_episodes",
     "--record", "--allow_env_mismatch", "--checkpoint_interval", "--log_interval",
 }
 INFERENCE = {"--num_inference_threads", "--max_inference_batch_size", "--inference_timeout_ms",
-             "--max_learner_queue_size", "--inference_device", "--learner_device"}
+             "--max_learner_queue_size", "--inference_device", "--learner_device", "--env_timeout_s",
+             "--connect_timeout_s"}
 FLAGS = {
     "torchbeast.monobeast": TRAINER | {"--num_actors", "--num_buffers"},
     "torchbeast.polybeast_learner": TRAINER | INFERENCE | {"--env_servers", "--pipes_basename", "--num_servers"},
     "torchbeast.polybeast": TRAINER | INFERENCE | {"--pipes_basename", "--num_servers"},
-    "torchbeast.polybeast_env": ENV | {"--num_servers", "--pipes_basename", "--bind"},
+    "torchbeast.polybeast_env": ENV | {"--num_servers", "--pipes_basename", "--bind", "--max_streams"},
 }
 
 

@@ -370,3 +370,86 @@ def test_invalid_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         ActorPool(**args)
+
+
+class ShapeChangingEnv(ToyEnv):
+    """A ToyEnv whose frame becomes [3, 3] from step `bad_from` on (or sleeps `delay` s then)."""
+
+    def __init__(self, env_id, bad_from, delay=0.0):
+        super().__init__(env_id)
+        self.bad_from, self.delay = bad_from, delay
+
+    def obs(self):
+        obs = super().obs()
+        if self.total >= self.bad_from:
+            time.sleep(self.delay)
+            if not self.delay:
+                obs["frame"] = np.zeros((3, 3), np.uint8)
+        return obs
+
+
+SPEC = {"frame": np.zeros((3, 2), np.uint8), "id": np.int32(0)}
+
+
+def run_beside_a_bad_server(tmp_path, capfd, bad_env, **pool_args):
+    """A pool over a good ToyEnv server (id 0) and a bad one (id 1): returns (log, ids of the
+    rollouts dequeued until the bad one was dropped, the pool's status then)."""
+    addresses = [f"unix:{tmp_path}/good", f"unix:{tmp_path}/bad"]
+    servers = [Server(lambda: ToyEnv(0), addresses[0]), Server(bad_env, addresses[1])]
+    for server in servers:
+        server.start()
+    learner_queue = BatchingQueue(batch_dim=1, maximum_queue_size=8)
+    batcher = DynamicBatcher(batch_dim=1, minimum_batch_size=1, maximum_batch_size=8, timeout_ms=1)
+    model = model_thread(batcher)
+    pool = ActorPool(unroll_length=UNROLL, learner_queue=learner_queue, inference_batcher=batcher,
+                     env_server_addresses=addresses, initial_agent_state=(np.zeros((1, 1, 4), np.float32),),
+                     **pool_args)
+    errors = []
+    runner = threading.Thread(target=lambda: errors.append(None) if pool.run() is None else None)
+    runner.start()
+    ids = []
+    deadline = time.monotonic() + 20
+    while (len(ids) < 20 or pool.status()[1]["drops"] == 0) and time.monotonic() < deadline:
+        ids.append(int(learner_queue.dequeue_many()["rollout"]["observation"]["id"][0, 0]))
+    status = pool.status()
+    learner_queue.close()
+    batcher.close()
+    runner.join(timeout=10)
+    model.join(timeout=10)
+    for server in servers:
+        server.stop()
+    assert errors == [None], "run() raised or did not return"
+    return capfd.readouterr().err, ids, status
+
+
+def test_a_server_whose_shape_changes_is_dropped_and_the_others_go_on(tmp_path, capfd):
+    log, ids, status = run_beside_a_bad_server(tmp_path, capfd, lambda: ShapeChangingEnv(1, bad_from=3),
+                                               observation_spec=SPEC)
+    assert f"actor 1 (unix:{tmp_path}/bad): dropped: observation 'frame' has shape [3, 3], expected [3, 2]" in log
+    assert ids.count(0) >= 20 and 1 not in ids  # the bad stream never gets to a rollout
+    assert status[1]["drops"] >= 1 and not status[1]["connected"] and status[1]["ever_connected"]
+    assert "has shape [3, 3]" in status[1]["last_problem"]
+    assert status[0]["connected"] and status[0]["drops"] == 0 and status[0]["seconds_since_last_step"] < 10
+
+
+def test_a_silent_server_is_dropped_after_env_timeout_s(tmp_path, capfd):
+    log, ids, status = run_beside_a_bad_server(tmp_path, capfd, lambda: ShapeChangingEnv(1, bad_from=3, delay=1.0),
+                                               observation_spec=SPEC, env_timeout_s=0.2)
+    assert f"actor 1 (unix:{tmp_path}/bad): dropped: sent no step within 0.2" in log
+    assert status[1]["drops"] >= 1 and ids.count(0) >= 20
+
+
+def test_status_before_run():
+    pool = ActorPool(unroll_length=2, learner_queue=BatchingQueue(), inference_batcher=DynamicBatcher(),
+                     env_server_addresses=["unix:/nowhere/a", "127.0.0.1:1"])
+    assert pool.num_connected() == 0
+    assert pool.status() == [
+        dict(address=a, connected=False, ever_connected=False, seconds_since_last_step=None, drops=0, last_problem="")
+        for a in ["unix:/nowhere/a", "127.0.0.1:1"]]
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+def test_env_timeout_must_be_a_duration(timeout):
+    with pytest.raises(ValueError, match="env_timeout_s"):
+        ActorPool(unroll_length=2, learner_queue=BatchingQueue(), inference_batcher=DynamicBatcher(),
+                  env_server_addresses=["unix:/nowhere"], env_timeout_s=timeout)

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from libtorchbeast import _C, Client, EnvError, RpcError, Server
+from libtorchbeast import _C, Client, EnvError, PeerError, RpcError, Server
 from torchbeast.core.episodes import RECORD_KEYS
 
 
@@ -332,3 +332,30 @@ def test_stream_errors_name_the_call_unless_they_are_env_errors(serve):
         client.step(1)
     with pytest.raises(EnvError, match=r"stream_factory\(\) raised ZeroDivisionError"):
         Client(serve(lambda: 1 / 0, server_class=_C.Server).address).connect()
+
+
+def test_max_streams_refuses_a_further_stream_before_making_an_env(serve):
+    made = []
+
+    def factory():
+        made.append(1)
+        return CountingEnv(length=100)
+
+    server = Server(factory, serve(lambda: CountingEnv()).address + "-limited", max_streams=1)
+    server.start()
+    try:
+        first = Client(server.address)
+        first.connect()
+        with pytest.raises(PeerError, match=r"serves at most 1 stream\(s\) at a time"):
+            Client(server.address).connect()
+        assert len(made) == 1
+    finally:
+        server.stop()
+
+
+def test_a_served_tcp_port_cannot_be_served_twice(serve):
+    first = serve(CountingEnv, address="127.0.0.1:0")
+    second = Server(CountingEnv, f"127.0.0.1:{first.port}")
+    with pytest.raises(RuntimeError, match="cannot listen"):
+        second.start()
+    second.stop()

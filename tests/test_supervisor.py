@@ -8,7 +8,14 @@ import time
 import pytest
 
 from torchbeast.core import cli
-from torchbeast.core.supervisor import Outcome, StopReason, WatchedThread, exited_processes, run_learner
+from torchbeast.core.supervisor import (
+    Outcome,
+    StopReason,
+    WatchedThread,
+    exited_processes,
+    run_learner,
+    stop_signals_as_interrupt,
+)
 from torchbeast.errors import ConfigError
 
 
@@ -138,20 +145,65 @@ def test_learner_failures_come_before_health_checks():
     assert "actor 0 failed: ValueError: bad frame" in reason.detail
 
 
-@pytest.mark.parametrize("signum,detail", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT (Ctrl-C)")])
-def test_a_signal_interrupts_the_run_which_saves(signum, detail):
-    state = FakeState(total_steps=10**12)
-    # Python's own Ctrl-C handler, also where a shell started the tests with SIGINT ignored.
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler, also where a shell started the tests with SIGINT ignored."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        threading.Timer(0.2, os.kill, (os.getpid(), signum)).start()
-        with cli.sigterm_as_interrupt():
-            reason = run(state, learn_steps(state))
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert reason == StopReason.interrupted(detail)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("signum,detail,status", [(signal.SIGTERM, "SIGTERM", 143),
+                                                  (signal.SIGINT, "SIGINT (Ctrl-C)", 130)])
+def test_a_signal_interrupts_the_run_which_saves(python_sigint_handler, signum, detail, status):
+    state = FakeState(total_steps=10**12)
+    threading.Timer(0.2, os.kill, (os.getpid(), signum)).start()
+    with stop_signals_as_interrupt():
+        reason = run(state, learn_steps(state))
+    assert reason == StopReason.interrupted(detail) and reason.signum == signum
     assert state.calls == ["save", "close"] and state.step > 0
-    assert cli.exit_status(reason) == 0  # stopped on request, checkpoint saved
+    assert cli.exit_status(reason) == status  # 128 + the signal: a requeue script can tell it from finished
+
+
+class SlowSavingState(FakeState):
+    """A save that a second and third signal land in (a double Ctrl-C; `timeout` signalling the
+    process, then its group)."""
+
+    def save(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler runs in between
+        self.calls.append("save")
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_signals_during_shutdown_are_ignored(python_sigint_handler, capfd, first):
+    state = SlowSavingState(total_steps=10**12)
+    threading.Timer(0.2, os.kill, (os.getpid(), first)).start()
+    with stop_signals_as_interrupt():
+        reason = run(state, learn_steps(state))
+        time.sleep(0.1)  # also after run_learner returned: the trainer still stops its children
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    assert reason.outcome is Outcome.INTERRUPTED and reason.signum == first
+    assert state.calls == ["save", "close"]
+    assert capfd.readouterr().err.count("ignored: already stopping") == 3
+
+
+def test_a_signal_while_a_finished_run_saves_does_not_change_why_it_stopped(python_sigint_handler):
+    state = SlowSavingState(total_steps=300)
+    with stop_signals_as_interrupt():
+        reason = run(state, learn_steps(state))
+    assert reason.outcome is Outcome.FINISHED and state.calls == ["save", "close"]
+    assert cli.exit_status(reason) == 0
+
+
+def test_handlers_are_restored_after_the_run(python_sigint_handler):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    state = FakeState(total_steps=100)
+    with stop_signals_as_interrupt():
+        run(state, learn_steps(state), threads=1)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_release_wakes_learner_threads_blocked_on_a_queue():
@@ -204,3 +256,11 @@ def test_run_command_lines_and_exit_statuses(capsys):
         raise KeyboardInterrupt
 
     assert cli.run_command("x", interrupted_before_the_run) == 130
+    assert capsys.readouterr().err == "x: interrupted (SIGINT (Ctrl-C))\n"
+
+    def terminated_before_the_run():
+        raise KeyboardInterrupt("SIGTERM")
+
+    assert cli.run_command("x", terminated_before_the_run) == 143
+    assert cli.run_command("x", lambda: StopReason.interrupted("SIGTERM")) == 143
+    assert cli.run_command("x", lambda: StopReason.interrupted("SIGINT (Ctrl-C)")) == 130

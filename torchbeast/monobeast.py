@@ -11,25 +11,26 @@ weights back into the actors' model.
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import logging
+import multiprocessing.connection as mp_connection
 import queue
 import signal
-import sys
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import torch
 import torch.multiprocessing as mp
 
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import children_ignore_sigint, run_command, setup_logging
+from torchbeast.core.cli import children_ignore_sigint, exit_now, run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.environment import Environment, create_env
 from torchbeast.core.evaluate import test
 from torchbeast.core.rollout import agent_step, step_spec
-from torchbeast.core.supervisor import StopReason, exited_processes, run_learner
+from torchbeast.core.supervisor import StopReason, exit_code_text, run_learner
 from torchbeast.core.training import LearnerState, Reporter
 from torchbeast.errors import ConfigError
 
@@ -176,6 +177,141 @@ def get_batch(
     return batch, initial_agent_state
 
 
+class ActorChannels:
+    """How buffer indices travel between the learner and the actors: one free queue and one pipe
+    back per actor, never shared, so an actor killed mid-read or mid-write (holding a queue's
+    lock, or leaving half a message) hurts no other actor. The learner knows which buffers each
+    actor holds (handed out, not yet back full), and gives them to the others when it dies.
+
+    `put` and `get` are the free queue and full queue `get_batch` takes (called from the learner
+    threads); `open` and `reclaim` are called by `ActorRestarts`, in the main thread.
+    """
+
+    def __init__(self, ctx: Any, num_actors: int) -> None:
+        self.ctx = ctx
+        self.lock = threading.Lock()
+        self.free: List[Any] = [None] * num_actors  # GUARDED_BY(lock), as the fields below
+        self.full: List[Any] = [None] * num_actors  # the learner's end of each actor's pipe
+        self.held: List[Set[int]] = [set() for _ in range(num_actors)]
+        self.unassigned: List[int] = []  # freed while no actor was running
+
+    def open(self, actor_index: int) -> Tuple[Any, "FullQueueEnd"]:
+        """New channels for (a new process of) actor `actor_index`: (its free queue, its full
+        queue end); give it buffers with `put` once its process has started."""
+        free, (reader, writer) = self.ctx.SimpleQueue(), self.ctx.Pipe(duplex=False)
+        with self.lock:
+            self.free[actor_index], self.full[actor_index] = free, reader
+            self.held[actor_index] = set()
+            waiting, self.unassigned = self.unassigned, []
+        for index in waiting:
+            self.put(index)
+        return free, FullQueueEnd(writer)
+
+    def put(self, index: int) -> None:
+        """Hands free buffer `index` to the running actor holding the fewest."""
+        with self.lock:
+            running = [i for i, free in enumerate(self.free) if free is not None]
+            if not running:
+                self.unassigned.append(index)
+                return
+            actor_index = min(running, key=lambda i: len(self.held[i]))
+            self.held[actor_index].add(index)
+            self.free[actor_index].put(index)
+
+    def get(self, timeout: float) -> Any:
+        """The next full buffer index (or an actor's ConfigError); queue.Empty after `timeout`."""
+        with self.lock:
+            readers = {reader: i for i, reader in enumerate(self.full) if reader is not None}
+        for reader in mp_connection.wait(list(readers), timeout):
+            actor_index = readers[reader]
+            with self.lock:
+                if self.full[actor_index] is not reader:
+                    continue  # the actor died and was restarted meanwhile
+                try:
+                    item = reader.recv()
+                except (EOFError, OSError):  # the actor died (perhaps mid-message): ActorRestarts sees it
+                    reader.close()
+                    self.full[actor_index] = None
+                    continue
+                if isinstance(item, ActorError) and not item.is_config_error:
+                    log.warning("actor %d failed: %s", item.actor_index, item.message)  # it is restarted
+                    continue
+                if not isinstance(item, ActorError):
+                    self.held[actor_index].discard(item)
+                return item
+        raise queue.Empty
+
+    def reclaim(self, actor_index: int) -> List[int]:
+        """Actor `actor_index` died: closes its channels; returns the buffers it held."""
+        with self.lock:
+            if self.full[actor_index] is not None:
+                self.full[actor_index].close()
+            if self.free[actor_index] is not None:
+                self.free[actor_index].close()
+            self.free[actor_index] = self.full[actor_index] = None
+            held, self.held[actor_index] = sorted(self.held[actor_index]), set()
+        return held
+
+
+class FullQueueEnd:
+    """An actor's end of its pipe to the learner, with the `put` that `fill_rollouts` calls."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def put(self, item: Any) -> None:
+        self.connection.send(item)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class ActorRestarts:
+    """A health check that restarts a dead actor process (saying which, and its exit code) and
+    gives its buffers to the others; it stops the run when actors die `max_deaths` times within
+    `window_s` seconds (a fault that restarting does not cure). An actor that ended with code 0
+    stopped after reporting bad input (a ConfigError the learner raises); after `grace_s` without
+    that report, the run fails naming it."""
+
+    def __init__(self, start: Callable[[int, Any, FullQueueEnd], Any], channels: ActorChannels, num_actors: int,
+                 max_deaths: int = 5, window_s: float = 60.0, grace_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.start, self.channels, self.clock = start, channels, clock
+        self.max_deaths, self.window_s, self.grace_s = max_deaths, window_s, grace_s
+        self.deaths: Deque[float] = collections.deque()
+        self.actors = [self._start(i) for i in range(num_actors)]
+        self._ended_since: Dict[int, float] = {}
+
+    def _start(self, actor_index: int) -> Any:
+        free, full = self.channels.open(actor_index)
+        process = self.start(actor_index, free, full)
+        full.close()  # the actor's copy is the only one: its death then ends the pipe
+        return process
+
+    def __call__(self) -> Optional[StopReason]:
+        now = self.clock()
+        for i, actor in enumerate(self.actors):
+            if actor.is_alive():
+                continue
+            what = f"actor {i} (pid {actor.pid}) exited with code {exit_code_text(actor.exitcode)}"
+            if actor.exitcode == 0:
+                if now - self._ended_since.setdefault(i, now) >= self.grace_s:
+                    return StopReason.failed(what)
+                continue
+            self.deaths.append(now)
+            while self.deaths and self.deaths[0] <= now - self.window_s:
+                self.deaths.popleft()
+            if len(self.deaths) >= self.max_deaths:
+                return StopReason.failed(f"{what}; {len(self.deaths)} actor deaths within {self.window_s:.0f} s")
+            held = self.channels.reclaim(i)
+            self.actors[i] = self._start(i)
+            log.warning("%s; restarted it as pid %s (%d actor death(s) in the last %.0f s)", what,
+                        self.actors[i].pid, len(self.deaths), self.window_s)
+            for index in held:
+                self.channels.put(index)
+        return None
+
+
 def train(flags: argparse.Namespace) -> StopReason:
     """Trains until --total_steps (resuming SAVEDIR/XPID when it has a checkpoint); returns why it stopped."""
     set_cpu_threads(flags.num_threads, env_processes=flags.num_actors)
@@ -192,45 +328,49 @@ def train(flags: argparse.Namespace) -> StopReason:
     buffers = create_buffers(flags.env, flags.unroll_length, flags.num_buffers)
     initial_agent_state_buffers = [[t.share_memory_() for t in actor_model.initial_state(1)]
                                    for _ in range(flags.num_buffers)]
-    free_queue, full_queue = ctx.SimpleQueue(), ctx.Queue()
-    actors = []
-    with children_ignore_sigint():
-        for i in range(flags.num_actors):
+    channels = ActorChannels(ctx, flags.num_actors)
+
+    def start_actor(i: int, free_queue: Any, full_queue: FullQueueEnd) -> Any:
+        with children_ignore_sigint():
             actor = ctx.Process(target=act, name=f"actor-{i}", daemon=True, args=(
                 flags, i, free_queue, full_queue, actor_model, buffers, initial_agent_state_buffers))
             actor.start()
-            actors.append(actor)
+        return actor
+
+    actors = ActorRestarts(start_actor, channels, flags.num_actors)
     for m in range(flags.num_buffers):
-        free_queue.put(m)
+        channels.put(m)
 
     batch_lock = threading.Lock()
 
     def learn(stop: threading.Event) -> None:
         while not stop.is_set() and not state.done:
-            got = get_batch(flags, free_queue, full_queue, buffers, initial_agent_state_buffers,
+            got = get_batch(flags, channels, channels, buffers, initial_agent_state_buffers,
                             state.device, batch_lock, stop)
             if got is None:
                 return
             state.learn(*got, after_update=copy_weights_to_actors)
 
-    # A failed actor reports why through the full queue; its exit is reported after a second.
-    actors_alive = exited_processes([(f"actor {i} (pid {a.pid})", a) for i, a in enumerate(actors)], grace_s=1.0)
     try:
         return run_learner(state, Reporter(state, flags.log_interval, flags.checkpoint_interval), learn,
-                           flags.num_learner_threads, health_checks=[actors_alive])
+                           flags.num_learner_threads, health_checks=[actors])
     finally:
-        _stop_actors(actors, free_queue)
+        _stop_actors(actors.actors)
 
 
-def _stop_actors(actors: List[Any], free_queue: Any) -> None:
-    for _ in actors:
-        free_queue.put(None)
-    deadline = time.monotonic() + 10
+def _stop_actors(actors: List[Any]) -> None:
+    """Ends the actors at once with SIGTERM: the learner has stopped, so their rollouts in flight
+    are of no use, and asking them to stop costs seconds (filling the free buffers first, then
+    Python's teardown of torch in each)."""
+    for actor in actors:
+        if actor.is_alive():
+            actor.terminate()
+    deadline = time.monotonic() + 5
     for actor in actors:
         actor.join(timeout=max(0.0, deadline - time.monotonic()))
     for actor in actors:
         if actor.is_alive():
-            actor.terminate()
+            actor.kill()
             actor.join(timeout=5)
 
 
@@ -249,4 +389,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import sys
 import tempfile
 from typing import List, Optional
 
 from torchbeast import polybeast_env, polybeast_learner
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import run_command, setup_logging
+from torchbeast.core.cli import exit_now, run_command, setup_logging
 from torchbeast.core.evaluate import test
 from torchbeast.core.supervisor import StopReason
 from torchbeast.errors import ConfigError
@@ -88,4 +87,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -13,19 +13,22 @@ or to other hosts over TCP (server i listens on PORT + i):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
+import socket
+import stat
 import threading
 import time
 from typing import Any, Callable, List, Optional
 
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import children_ignore_sigint, run_command, setup_logging
+from torchbeast.core.cli import children_ignore_sigint, exit_now, run_command, setup_logging
 from torchbeast.core.environment import create_env
 from torchbeast.core.supervisor import HealthCheck, Outcome, StopReason, exited_processes, interrupt_detail
 from torchbeast.errors import ConfigError
@@ -61,10 +64,12 @@ class EnvSpec:
     seed: Optional[int]
     pos_noise: float
     impl: str
+    max_streams: int = 1  # streams (envs) each server process serves at a time
 
     @classmethod
     def from_flags(cls, flags: argparse.Namespace) -> "EnvSpec":
-        return cls(env=flags.env, seed=flags.seed, pos_noise=flags.pos_noise, impl=flags.env_impl)
+        return cls(env=flags.env, seed=flags.seed, pos_noise=flags.pos_noise, impl=flags.env_impl,
+                   max_streams=getattr(flags, "max_streams", 1))
 
 
 def env_factory(spec: EnvSpec, server_index: int) -> Callable[[], Any]:
@@ -87,9 +92,8 @@ def serve(spec: EnvSpec, server_index: int, address: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
-    if address.startswith("unix:") and os.path.exists(address[len("unix:"):]):
-        os.unlink(address[len("unix:"):])  # a stale socket from a killed run
-    server = Server(env_factory(spec, server_index), address)
+    claim_address(address)
+    server = Server(env_factory(spec, server_index), address, max_streams=spec.max_streams)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
@@ -97,6 +101,47 @@ def serve(spec: EnvSpec, server_index: int, address: str) -> None:
     server.stop()
     if address.startswith("unix:") and os.path.exists(address[len("unix:"):]):
         os.unlink(address[len("unix:"):])
+    logging.shutdown()
+    os._exit(0)  # skips the interpreter's teardown (seconds with torch and MuJoCo loaded): stops fast
+
+
+def claim_address(address: str) -> None:
+    """Raises ConfigError unless `address` is free to serve on: a unix path where nothing is, or a
+    stale socket (nobody accepts on it; it is removed); a TCP port nobody listens on."""
+    if address.startswith("unix:"):
+        path = address[len("unix:"):]
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise ConfigError(f"{address}: {path} exists and is not a socket; not replacing it")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass  # stale: its server is gone
+            except OSError as e:
+                raise ConfigError(f"{address}: cannot tell whether a server is listening there ({e.strerror}); "
+                                  "not replacing it") from None
+            else:
+                raise ConfigError(f"{address}: another server is listening on this socket")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, ValueError) as e:
+        raise ConfigError(f"{address}: cannot resolve {host!r} ({e})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle; a listener is
+        try:
+            probe.bind(sockaddr)
+        except OSError as e:
+            reason = "already served (address in use)" if e.errno == errno.EADDRINUSE else e.strerror
+            raise ConfigError(f"{address}: {reason}") from None
 
 
 def start_servers(spec: EnvSpec, addresses: List[str]) -> List[Any]:
@@ -140,9 +185,14 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
                        help="Serve on unix sockets BASENAME.0 ... BASENAME.N-1. (default: %(default)s)")
     group.add_argument("--bind", default=None,
                        help="Serve over TCP instead, server i on HOST:PORT+i, e.g. 0.0.0.0:4431.")
+    group.add_argument("--max_streams", type=int, default=1,
+                       help="Actor streams each server process serves at a time (each has its own env, ~1 GB for "
+                            "Memory Maze); a further one is refused with RESOURCE_EXHAUSTED. (default: %(default)s)")
 
 
 def server_problems(flags: argparse.Namespace) -> List[str]:
+    if flags.max_streams <= 0:
+        return [f"--max_streams must be positive, got {flags.max_streams}"]
     if flags.num_servers <= 0:
         return [f"--num_servers must be positive, got {flags.num_servers}"]
     try:
@@ -163,6 +213,8 @@ def make_parser() -> flags_lib.FlagParser:
 def serve_until_stopped(flags: argparse.Namespace) -> StopReason:
     """Runs the servers until one exits (failed) or Ctrl-C / SIGTERM (interrupted), then stops all."""
     addresses = server_addresses(flags.pipes_basename, flags.bind, flags.num_servers)
+    for address in addresses:  # before any process starts: a served address is refused (exit 2)
+        claim_address(address)
     processes = start_servers(EnvSpec.from_flags(flags), addresses)
     running = servers_running(processes, addresses)
     log.info("Serving %s on %s", flags.env, ", ".join(addresses))
@@ -186,4 +238,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

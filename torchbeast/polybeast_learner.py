@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-import sys
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 import nest
 from torchbeast import polybeast_env
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import run_command, setup_logging
+from torchbeast.core.cli import exit_now, run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
+from torchbeast.core.environment import observation_shapes
 from torchbeast.core.evaluate import test
 from torchbeast.core.rollout import agent_step, flatten_step
 from torchbeast.core.supervisor import HealthCheck, StopReason, WatchedThread, run_learner
@@ -49,7 +52,13 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("inference and learner queue")
+    group = parser.add_argument_group("actor pool, inference and learner queue")
+    group.add_argument("--env_timeout_s", type=float, default=60.0,
+                       help="Seconds a connected env server may take to send its next (or first) step before "
+                            "it is dropped and retried. (default: %(default)s)")
+    group.add_argument("--connect_timeout_s", type=float, default=300.0,
+                       help="Stop (exit 2) when no env server has delivered a step for this many seconds, from "
+                            "the start or since the last one went away. (default: %(default)s)")
     group.add_argument("--num_inference_threads", type=int, default=2,
                        help="Threads answering the dynamic inference batches. (default: %(default)s)")
     group.add_argument("--max_inference_batch_size", type=int, default=512,
@@ -86,16 +95,31 @@ def parse_device(name: Optional[str], flag: str, default: torch.device) -> torch
     return device
 
 
+def address_problem(address: str) -> Optional[str]:
+    """Why `address` is not unix:/path or host:port with 0 < port < 65536, or None."""
+    if address.startswith("unix:"):
+        return None if len(address) > len("unix:") else f"env server address {address!r}: expected unix:/path"
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return f"env server address {address!r}: expected unix:/path or host:port"
+    if not 0 < int(port) < 65536:
+        return f"env server address {address!r}: port {port} is not between 1 and 65535"
+    return None
+
+
 def connection_problems(flags: argparse.Namespace) -> List[str]:
     if not flags.env_servers and flags.num_servers <= 0:
         return [f"--num_servers must be positive, got {flags.num_servers}"]
-    return [f"env server address {address!r}: expected unix:/path or host:port"
-            for address in server_addresses(flags.env_servers, flags.pipes_basename, flags.num_servers)
-            if not (address.startswith("unix:") and len(address) > 5) and not address.rpartition(":")[2].isdigit()]
+    addresses = server_addresses(flags.env_servers, flags.pipes_basename, flags.num_servers)
+    return [problem for problem in map(address_problem, addresses) if problem]
 
 
 def inference_problems(flags: argparse.Namespace) -> List[str]:
     problems = []
+    for name in ("env_timeout_s", "connect_timeout_s"):
+        value = getattr(flags, name)
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"--{name} must be a positive number of seconds, got {value}")
     for name in ("num_inference_threads", "max_inference_batch_size"):
         if getattr(flags, name) <= 0:
             problems.append(f"--{name} must be positive, got {getattr(flags, name)}")
@@ -152,6 +176,33 @@ def learner_batch(item: Dict[str, Any], device: torch.device) -> Tuple[Dict[str,
     return flatten_step(item["rollout"]), tuple(item["initial_agent_state"])
 
 
+def observation_spec(env_id: str) -> Dict[str, np.ndarray]:
+    """Zeros of each observation of `env_id` (no [T, B] dims): what the actor pool checks steps against."""
+    return {key: np.zeros(shape, dtype) for key, (shape, dtype) in observation_shapes(env_id).items()}
+
+
+def servers_reachable(pool: Any, addresses: Sequence[str], timeout_s: float,
+                      clock: Callable[[], float] = time.monotonic) -> HealthCheck:
+    """A health check failing (exit 2) when no env server has delivered a step for `timeout_s`
+    seconds, counted from its creation or from the last step any server delivered."""
+    start = clock()
+
+    def check() -> Optional[StopReason]:
+        status = pool.status()
+        if any(s["connected"] for s in status):
+            return None
+        since_steps = [s["seconds_since_last_step"] for s in status if s["seconds_since_last_step"] is not None]
+        waited = min([clock() - start, *since_steps])
+        if waited < timeout_s:
+            return None
+        problems = sorted({s["last_problem"] for s in status if s["last_problem"]})
+        detail = (f"no env server reachable for {waited:.0f} s (--connect_timeout_s {timeout_s:g}); "
+                  f"tried {', '.join(addresses)}" + (f" (last problem: {problems[0]})" if len(problems) == 1 else ""))
+        return StopReason.failed(detail, ConfigError(detail))
+
+    return check
+
+
 def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequence[HealthCheck] = ()) -> StopReason:
     """Learns from the env servers at `addresses` until --total_steps; returns why it stopped.
 
@@ -186,7 +237,8 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
     initial_agent_state = tuple(s.numpy() for s in inference_model.initial_state(1))
     pool = libtorchbeast.ActorPool(
         unroll_length=flags.unroll_length, learner_queue=learner_queue, inference_batcher=batcher,
-        env_server_addresses=addresses, initial_agent_state=initial_agent_state)
+        env_server_addresses=addresses, initial_agent_state=initial_agent_state,
+        observation_spec=observation_spec(flags.env), env_timeout_s=flags.env_timeout_s)
 
     def learn(stop: threading.Event) -> None:
         for item in learner_queue:  # ends when the queue is closed
@@ -208,7 +260,9 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
         worker.start()
     try:
         return run_learner(state, Reporter(state, flags.log_interval, flags.checkpoint_interval), learn,
-                           flags.num_learner_threads, health_checks=[*(w.failure for w in workers), *health_checks],
+                           flags.num_learner_threads,
+                           health_checks=[*(w.failure for w in workers), *health_checks,
+                                          servers_reachable(pool, addresses, flags.connect_timeout_s)],
                            release=release)
     finally:
         for worker in workers:
@@ -230,4 +284,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

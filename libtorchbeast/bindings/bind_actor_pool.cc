@@ -3,6 +3,8 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -68,21 +70,61 @@ otherwise (EnvError when an env failed, ValueError for bad model outputs). An ac
 server is not reachable yet says so once on stderr and waits for it; a server that goes away
 later is logged and retried. Retries back off from 50 ms to 2 s; the actor drops its partial
 rollout and starts over from initial_agent_state, and the other actors go on. count() is the
-number of env steps taken so far.)doc")
+number of env steps taken so far.
+
+Every step is checked before it reaches the batcher: its observation and final observation
+must have the structure, dtypes and shapes of observation_spec (a nest of arrays without the
+[1, 1] dims, e.g. zeros; default: the first observation any actor receives), its reward and
+episode_return must be finite. A server whose step fails the check or does not decode, whose
+message is over the size limit (a few times observation_spec's bytes), or that sends no step
+within env_timeout_s (0: no limit; the first step included) is dropped: one line on stderr, e.g.
+"actor 2 (unix:/tmp/x.2): dropped: observation 'frame' has shape [3, 64, 65], expected
+[3, 64, 64]; retrying in 80 ms", its partial rollout is discarded and it is retried with jittered
+backoff (up to 30 s); run() never raises for it. status() and num_connected() tell which
+servers deliver now.)doc")
       .def(py::init([](int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                        std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> addresses,
-                       const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action) {
-             return std::make_shared<ActorPool>(unroll_length, std::move(learner_queue), std::move(inference_batcher),
-                                                std::move(addresses), initial_agent_state, initial_action);
+                       const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action,
+                       const std::optional<ArrayNest>& observation_spec, double env_timeout_s) {
+             if (!(env_timeout_s >= 0) || env_timeout_s > 1e9) {
+               throw InvalidArgument("ActorPool: env_timeout_s must be between 0 and 1e9, got " +
+                                     std::to_string(env_timeout_s));
+             }
+             return std::make_shared<ActorPool>(
+                 unroll_length, std::move(learner_queue), std::move(inference_batcher), std::move(addresses),
+                 initial_agent_state, initial_action, observation_spec,
+                 std::chrono::milliseconds(static_cast<int64_t>(std::ceil(env_timeout_s * 1000))));
            }),
            py::arg("unroll_length"), py::arg("learner_queue"), py::arg("inference_batcher"),
            py::arg("env_server_addresses"), py::arg("initial_agent_state") = py::tuple(),
-           py::arg("initial_action") = py::none())
+           py::arg("initial_action") = py::none(), py::arg("observation_spec") = py::none(),
+           py::arg("env_timeout_s") = 0.0)
       .def("run", &ActorPool::Run, py::call_guard<py::gil_scoped_release>())
       .def("stop", &ActorPool::Stop, py::call_guard<py::gil_scoped_release>(),
            "Cancels the actors' streams and backoff waits; actors blocked in the batcher or on a full "
            "learner queue stop when those return or are closed.")
-      .def("count", &ActorPool::count, "Env steps taken so far, over all actors.");
+      .def("count", &ActorPool::count, "Env steps taken so far, over all actors.")
+      .def("num_connected", &ActorPool::num_connected, "Actors whose stream is delivering steps now.")
+      .def(
+          "status",
+          [](const ActorPool& pool) {
+            py::list out;
+            for (const ActorPool::ActorStatus& a : pool.status()) {
+              py::dict d;
+              d["address"] = a.address;
+              d["connected"] = a.connected;
+              d["ever_connected"] = a.ever_connected;
+              d["seconds_since_last_step"] =
+                  a.seconds_since_last_step ? py::cast(*a.seconds_since_last_step) : py::object(py::none());
+              d["drops"] = a.drops;
+              d["last_problem"] = a.last_problem;
+              out.append(std::move(d));
+            }
+            return out;
+          },
+          "One dict per address, in order: address, connected (its stream delivers steps now), "
+          "ever_connected, seconds_since_last_step (None before the first), drops (times it was dropped) "
+          "and last_problem (why it last dropped or disconnected, or '').");
 }
 
 }  // namespace python

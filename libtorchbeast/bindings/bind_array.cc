@@ -168,6 +168,7 @@ void BindArray(py::module_& m) {
   py::register_exception<BatchDroppedError>(m, "BatchDroppedError", PyExc_RuntimeError);
   py::register_exception<EnvError>(m, "EnvError", PyExc_RuntimeError);
   py::register_exception<RpcError>(m, "RpcError", PyExc_ConnectionError);
+  py::register_exception<PeerError>(m, "PeerError", PyExc_ConnectionError);
 
   m.def(
       "_nest_roundtrip", [](const ArrayNest& nest) { return nest; }, py::arg("nest"),

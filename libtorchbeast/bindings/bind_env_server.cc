@@ -247,12 +247,17 @@ An error raised by the factory or the object, or a bad record, ends that stream 
 status carrying the message (the client raises it as EnvError): a libtorchbeast.EnvError's
 message as it is, other errors' prefixed with the call that raised them; other streams go on.
 address: "unix:/path/to/socket" or "host:port" (port 0 picks a free port: see `port`).
+max_streams: streams served at a time (0: no limit); a further stream ends at once with
+RESOURCE_EXHAUSTED, before any env is made. An Action that does not parse ends its stream with
+INVALID_ARGUMENT, one over 1 MiB with RESOURCE_EXHAUSTED. A TCP port already served by another
+server cannot be bound (no SO_REUSEPORT): start() raises.
 run() blocks until stop(); start() returns once the server listens; all release the GIL.)doc")
-      .def(py::init([env_error_type = py::handle(m.attr("EnvError"))](py::object stream_factory, std::string address) {
-             return ReleasingGilOnDelete(
-                 new EnvServer(MakeFactory(std::move(stream_factory), env_error_type), std::move(address)));
+      .def(py::init([env_error_type = py::handle(m.attr("EnvError"))](py::object stream_factory, std::string address,
+                                                                      int max_streams) {
+             return ReleasingGilOnDelete(new EnvServer(MakeFactory(std::move(stream_factory), env_error_type),
+                                                       std::move(address), max_streams));
            }),
-           py::arg("stream_factory"), py::arg("address"))
+           py::arg("stream_factory"), py::arg("address"), py::arg("max_streams") = 0)
       .def("run", &EnvServer::Run, py::call_guard<py::gil_scoped_release>(),
            "Serves until stop() (from another thread). Raises RuntimeError if the address cannot be bound.")
       .def("start", &EnvServer::Start, py::call_guard<py::gil_scoped_release>(),

@@ -4,17 +4,37 @@
 #include <chrono>
 #include <iostream>
 #include <iterator>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
 
 #include "core/env_client.h"
+#include "core/step_check.h"
 
 namespace torchbeast {
 namespace {
 
 constexpr std::chrono::milliseconds kInitialBackoff(50);
 constexpr std::chrono::milliseconds kMaxBackoff(2000);
+constexpr std::chrono::milliseconds kMaxDropBackoff(30000);  // After a drop: a bad server is not hammered.
+// Without an observation spec, the largest Step message accepted.
+constexpr int64_t kDefaultMaxMessageBytes = 64 << 20;
+
+// A uniformly random duration in [backoff / 2, backoff]: actors dropped together do not retry in step.
+std::chrono::milliseconds Jittered(std::chrono::milliseconds backoff) {
+  thread_local std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int64_t> uniform(backoff.count() / 2, backoff.count());
+  return std::chrono::milliseconds(uniform(rng));
+}
+
+// The Step size limit: room for an observation and a final observation, four times over, and
+// 1 MiB for the rest; capped below 2 GiB (gRPC takes an int).
+int MaxMessageBytes(const std::optional<ArrayNest>& observation_spec) {
+  if (!observation_spec) return kDefaultMaxMessageBytes;
+  const int64_t bytes = 8 * ObservationBytes(*observation_spec) + (1 << 20);
+  return static_cast<int>(std::min<int64_t>(bytes, (int64_t{1} << 31) - 1));
+}
 
 void Log(const std::string& message) {
   static std::mutex mu;
@@ -48,13 +68,8 @@ ArrayNest ZerosLike(const ArrayNest& nest) {
 }
 
 // The "final_observation" input of `step` (see actor_pool.h): `zeros` when it has none.
-ArrayNest FinalObservationInput(const EnvStep& step, const ArrayNest& zeros, const std::string& address) {
+ArrayNest FinalObservationInput(const EnvStep& step, const ArrayNest& zeros) {
   if (!step.final_observation) return zeros;
-  const std::string mismatch = DescribeMismatch(step.observation, *step.final_observation, /*batch_dim=*/-1);
-  if (!mismatch.empty()) {
-    throw InvalidArgument("ActorPool: the env server " + address +
-                          " sent a final_observation unlike its observation (" + mismatch + ")");
-  }
   return AddTimeAndBatchDims(*step.final_observation);
 }
 
@@ -101,13 +116,17 @@ const ArrayNest::Map& OutputMap(const ArrayNest& outputs) {
 
 ActorPool::ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                      std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> env_server_addresses,
-                     ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action)
+                     ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action,
+                     std::optional<ArrayNest> observation_spec, std::chrono::milliseconds env_timeout)
     : unroll_length_(unroll_length),
       learner_queue_(std::move(learner_queue)),
       inference_batcher_(std::move(inference_batcher)),
       addresses_(std::move(env_server_addresses)),
       initial_agent_state_(std::move(initial_agent_state)),
-      initial_action_(initial_action ? std::move(*initial_action) : ArrayNest(Scalar11<int64_t>(DType::kInt64, 0))) {
+      initial_action_(initial_action ? std::move(*initial_action) : ArrayNest(Scalar11<int64_t>(DType::kInt64, 0))),
+      env_timeout_(env_timeout),
+      max_message_bytes_(MaxMessageBytes(observation_spec)),
+      observation_spec_(std::move(observation_spec)) {
   if (unroll_length_ < 1) throw InvalidArgument("ActorPool: unroll_length must be >= 1");
   if (!learner_queue_) throw InvalidArgument("ActorPool: learner_queue is None");
   if (!inference_batcher_) throw InvalidArgument("ActorPool: inference_batcher is None");
@@ -124,7 +143,9 @@ ActorPool::ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learn
                             ShapeString(a.shape()));
     }
   });
+  if (env_timeout_.count() < 0) throw InvalidArgument("ActorPool: env_timeout must be >= 0");
   clients_.resize(addresses_.size());
+  actors_.resize(addresses_.size());
 }
 
 ActorPool::~ActorPool() { Stop(); }
@@ -138,7 +159,11 @@ void ActorPool::Run() {
   std::vector<std::thread> threads;
   threads.reserve(addresses_.size());
   for (std::size_t i = 0; i < addresses_.size(); ++i) threads.emplace_back(&ActorPool::RunActor, this, i);
+  std::thread watchdog;
+  if (env_timeout_.count() > 0) watchdog = std::thread(&ActorPool::Watchdog, this);
   for (std::thread& t : threads) t.join();
+  Stop();  // Ends the watchdog.
+  if (watchdog.joinable()) watchdog.join();
   std::lock_guard<std::mutex> lock(mu_);
   if (error_) std::rethrow_exception(error_);
 }
@@ -151,6 +176,7 @@ void ActorPool::Stop() {
     clients = clients_;
   }
   stop_cv_.notify_all();
+  watchdog_cv_.notify_all();
   for (const auto& client : clients)
     if (client) client->Cancel();
 }
@@ -173,6 +199,99 @@ void ActorPool::Fail(std::exception_ptr error) {
   Stop();
 }
 
+std::vector<ActorPool::ActorStatus> ActorPool::status() const {
+  const Clock::time_point now = Clock::now();
+  std::vector<ActorStatus> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (std::size_t i = 0; i < actors_.size(); ++i) {
+    const ActorState& a = actors_[i];
+    ActorStatus status;
+    status.address = addresses_[i];
+    status.connected = a.connected;
+    status.ever_connected = a.ever_connected;
+    if (a.last_step) status.seconds_since_last_step = std::chrono::duration<double>(now - *a.last_step).count();
+    status.drops = a.drops;
+    status.last_problem = a.last_problem;
+    out.push_back(std::move(status));
+  }
+  return out;
+}
+
+int64_t ActorPool::num_connected() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::count_if(actors_.begin(), actors_.end(), [](const ActorState& a) { return a.connected; });
+}
+
+ArrayNest ActorPool::SpecFor(const ArrayNest& observation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!observation_spec_) observation_spec_ = ZerosLike(observation);
+  return *observation_spec_;
+}
+
+void ActorPool::Arm(std::size_t index) {
+  if (env_timeout_.count() == 0) return;
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ActorState& actor = actors_[index];
+    if (!actor.deadline) wake = armed_++ == 0;  // Later deadlines never come before earlier ones.
+    actor.deadline = Clock::now() + env_timeout_;
+  }
+  if (wake) watchdog_cv_.notify_all();
+}
+
+void ActorPool::Delivered(std::size_t index) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ActorState& actor = actors_[index];
+  if (actor.deadline) {
+    actor.deadline.reset();
+    --armed_;
+  }
+  actor.connected = true;
+  actor.ever_connected = true;
+  actor.last_step = Clock::now();
+}
+
+void ActorPool::Disconnected(std::size_t index, const std::string& problem, bool dropped) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ActorState& actor = actors_[index];
+  if (actor.deadline) {
+    actor.deadline.reset();
+    --armed_;
+  }
+  actor.connected = false;
+  actor.last_problem = problem;
+  if (dropped) ++actor.drops;
+}
+
+void ActorPool::Watchdog() {
+  const std::string reason =
+      "sent no step within " + std::to_string(std::chrono::duration<double>(env_timeout_).count()) + " s";
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    const Clock::time_point now = Clock::now();
+    Clock::time_point next = Clock::time_point::max();
+    for (std::size_t i = 0; i < actors_.size(); ++i) {
+      ActorState& actor = actors_[i];
+      if (!actor.deadline) continue;
+      if (*actor.deadline <= now) {
+        actor.deadline.reset();
+        --armed_;
+        // The actor's Connect() or Step() throws PeerError(reason); it logs and retries.
+        if (clients_[i]) clients_[i]->Expire(reason);
+      } else {
+        next = std::min(next, *actor.deadline);
+      }
+    }
+    // Ends at the next deadline, when the first deadline is armed, or on Stop().
+    if (next == Clock::time_point::max()) {
+      watchdog_cv_.wait(lock, [this] { return stop_ || armed_ > 0; });
+    } else {
+      watchdog_cv_.wait_until(lock, next);
+    }
+  }
+}
+
 void ActorPool::RunActor(std::size_t index) {
   const std::string& address = addresses_[index];
   const std::string actor = "actor " + std::to_string(index);
@@ -182,19 +301,31 @@ void ActorPool::RunActor(std::size_t index) {
     try {
       Stream(index, &connection);
     } catch (const ClosedError&) {
+      Disconnected(index, "stopped", /*dropped=*/false);
       Stop();  // The learner queue or the batcher was closed, or Stop() cancelled the stream.
       return;
-    } catch (const RpcError& e) {
+    } catch (const PeerError& e) {
+      Disconnected(index, e.what(), /*dropped=*/true);
       if (stopping()) return;
+      const std::chrono::milliseconds wait = Jittered(connection.backoff);
+      Log(actor + " (" + address + "): dropped: " + e.what() + "; retrying in " + std::to_string(wait.count()) + " ms");
+      if (!SleepUnlessStopped(wait)) return;
+      connection.backoff = std::min(2 * connection.backoff, kMaxDropBackoff);
+    } catch (const RpcError& e) {
+      Disconnected(index, e.what(), /*dropped=*/false);
+      if (stopping()) return;
+      const std::chrono::milliseconds wait = Jittered(connection.backoff);
       if (connection.connected_once) {
-        Log(actor + ": " + e.what() + "; reconnecting in " + std::to_string(connection.backoff.count()) + " ms");
+        Log(actor + ": " + e.what() + "; reconnecting in " + std::to_string(wait.count()) + " ms");
+        connection.lost = true;
       } else if (!said_waiting) {  // Servers often start after the learner: say it once.
         Log(actor + ": waiting for env server " + address + " (not reachable yet: " + e.what() + ")");
         said_waiting = true;
       }
-      if (!SleepUnlessStopped(connection.backoff)) return;
-      connection.backoff = std::min(2 * connection.backoff, kMaxBackoff);
+      if (!SleepUnlessStopped(wait)) return;
+      connection.backoff = std::min(2 * connection.backoff, std::max(kMaxBackoff, connection.backoff));
     } catch (const std::exception& e) {
+      Disconnected(index, e.what(), /*dropped=*/false);
       Log(actor + " (" + address + ") failed: " + e.what());
       Fail(std::current_exception());
       return;
@@ -204,20 +335,26 @@ void ActorPool::RunActor(std::size_t index) {
 
 void ActorPool::Stream(std::size_t index, Connection* connection) {
   const std::string& address = addresses_[index];
-  auto client = std::make_shared<EnvClient>(address);
+  auto client = std::make_shared<EnvClient>(address, max_message_bytes_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stop_) return;
     clients_[index] = client;
   }
+  Arm(index);
   EnvStep step = client->Connect();
-  if (connection->connected_once && connection->backoff > kInitialBackoff) {
-    Log("actor " + std::to_string(index) + ": reconnected to " + address);
-  }
+  const ArrayNest spec = SpecFor(step.observation);
+  auto check = [&spec](const EnvStep& s) {
+    const std::string problem = DescribeBadStep(spec, s);
+    if (!problem.empty()) throw PeerError(problem);
+  };
+  check(step);
+  Delivered(index);
+  if (connection->lost) Log("actor " + std::to_string(index) + ": reconnected to " + address);
+  connection->lost = false;
   connection->connected_once = true;
-  connection->backoff = kInitialBackoff;
 
-  const ArrayNest no_final_observation = ZerosLike(AddTimeAndBatchDims(step.observation));
+  const ArrayNest no_final_observation = ZerosLike(AddTimeAndBatchDims(spec));
   ArrayNest agent_state = initial_agent_state_;
   ArrayNest last_action = initial_action_;
   std::vector<ArrayNest> rollout;
@@ -227,7 +364,7 @@ void ActorPool::Stream(std::size_t index, Connection* connection) {
   for (;;) {
     if (stopping()) throw ClosedError("ActorPool is stopping");
     ArrayNest::Map inputs =
-        StepInputs(step, last_action, FinalObservationInput(step, no_final_observation, address), agent_state);
+        StepInputs(step, last_action, FinalObservationInput(step, no_final_observation), agent_state);
     ArrayNest::Map entry = RolloutStep(inputs);
 
     ArrayNest outputs = inference_batcher_->Compute(ArrayNest(std::move(inputs)));
@@ -252,6 +389,7 @@ void ActorPool::Stream(std::size_t index, Connection* connection) {
       item.emplace("rollout", ConcatenateNests(rollout, /*dim=*/0));
       item.emplace("initial_agent_state", rollout_agent_state);
       learner_queue_->Enqueue(ArrayNest(std::move(item)));
+      connection->backoff = kInitialBackoff;  // A stream that delivers rollouts is healthy.
       ArrayNest last = std::move(rollout.back());
       rollout.clear();
       rollout.push_back(std::move(last));
@@ -260,7 +398,10 @@ void ActorPool::Stream(std::size_t index, Connection* connection) {
 
     agent_state = std::move(next_agent_state);
     last_action = action->second;
+    Arm(index);
     step = client->Step(RemoveTimeAndBatchDims(last_action));
+    check(step);
+    Delivered(index);
     count_.fetch_add(1);
   }
 }

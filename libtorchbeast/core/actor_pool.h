@@ -31,10 +31,21 @@
 //    of the rollout's first step}
 // so a learner queue with batch_dim=1 makes [T + 1, B, ...] batches.
 //
+// Every step an actor receives is checked against the run's observation spec (structure,
+// dtypes, shapes; the final observation likewise) and must have a finite reward and
+// episode_return (core/step_check.h); without a spec, the first observation any actor
+// receives becomes it. A server whose step fails the check or does not decode, whose message
+// exceeds the size limit (a few times the spec's bytes), or that sends no step within
+// env_timeout (its first one included) is dropped: one log line naming the actor, its address
+// and the problem; its partial rollout is discarded and it is retried later. Nothing it sent
+// reaches a batch, and the other actors go on.
+//
 // Until an actor first reaches its server, it logs once that it is waiting and retries
 // silently; later, when its server goes away, it logs and reconnects. Retries back off
-// exponentially (50 ms to 2 s); a reconnecting actor drops its partial rollout and starts a new
-// stream from initial_agent_state; the other actors go on. The pool stops when the learner
+// exponentially with jitter (from 50 ms to 2 s, to 30 s after drops); the backoff starts over
+// once a stream has delivered a rollout. A reconnecting actor starts a new stream from
+// initial_agent_state and initial_action; the other actors go on. status() tells which actors
+// are connected now and when each last delivered a step. The pool stops when the learner
 // queue or the batcher is closed (Run() returns normally) or when an actor fails for another
 // reason, such as an env error or a bad model output (Run() rethrows the first such error).
 #pragma once
@@ -70,12 +81,27 @@ class ActorPool {
   static constexpr std::array<const char*, 7> kRolloutStepKeys = {
       "observation", "reward", "done", "truncated", "episode_step", "episode_return", "last_action"};
 
+  // What status() says about one actor.
+  struct ActorStatus {
+    std::string address;
+    bool connected = false;       // Its current stream has delivered a good step and not failed since.
+    bool ever_connected = false;  // Some stream of it delivered a good step.
+    std::optional<double> seconds_since_last_step;  // Since its last good step; none before the first.
+    int64_t drops = 0;                              // Times it was dropped (see above).
+    std::string last_problem;                       // Why it was last dropped or disconnected, or "".
+  };
+
   // `initial_agent_state`: every array must have size 1 at dim 1 (e.g. LSTM state
   // [layers, 1, hidden]); an empty tuple for stateless models. `initial_action`: the
   // "last_action" of a stream's first step; defaults to int64 zeros of shape [1, 1].
+  // `observation_spec`: the observation nest every step must match (arrays without the
+  // [1, 1] dims; their values are ignored). `env_timeout`: how long a server may take to send
+  // a step (0: forever).
   ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
             std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> env_server_addresses,
-            ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action = std::nullopt);
+            ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action = std::nullopt,
+            std::optional<ArrayNest> observation_spec = std::nullopt,
+            std::chrono::milliseconds env_timeout = std::chrono::milliseconds(0));
 
   ~ActorPool();
   ActorPool(const ActorPool&) = delete;
@@ -90,17 +116,33 @@ class ActorPool {
 
   // Env steps taken so far, over all actors (the first observation of a stream is not a step).
   int64_t count() const { return count_.load(); }
+  // One entry per address, in order.
+  std::vector<ActorStatus> status() const;
+  // Actors connected now.
+  int64_t num_connected() const;
 
  private:
   // One actor's reconnection state.
   struct Connection {
     std::chrono::milliseconds backoff;
     bool connected_once = false;  // A stream was opened: later failures are reconnections.
+    bool lost = false;            // The last stream broke (not dropped): say when it is back.
   };
+  using Clock = std::chrono::steady_clock;
 
   void RunActor(std::size_t index);
   // Streams from one connection until something throws.
   void Stream(std::size_t index, Connection* connection);
+  // The observation spec, taken from `observation` when the pool has none yet.
+  ArrayNest SpecFor(const ArrayNest& observation);
+  // Starts and ends actor `index`'s wait for its server (the env_timeout deadline).
+  void Arm(std::size_t index);
+  // Records a good step of actor `index`'s stream (and disarms its deadline).
+  void Delivered(std::size_t index);
+  // Records that actor `index`'s stream ended because of `problem`.
+  void Disconnected(std::size_t index, const std::string& problem, bool dropped);
+  // Expires the streams whose deadline passed until Stop().
+  void Watchdog();
   bool stopping() const;
   // Sleeps for `duration` or until Stop(); returns false if stopping.
   bool SleepUnlessStopped(std::chrono::milliseconds duration);
@@ -112,6 +154,8 @@ class ActorPool {
   const std::vector<std::string> addresses_;
   const ArrayNest initial_agent_state_;
   const ArrayNest initial_action_;
+  const std::chrono::milliseconds env_timeout_;
+  const int max_message_bytes_;  // Of a Step from a server.
 
   std::atomic<int64_t> count_{0};
 
@@ -121,6 +165,18 @@ class ActorPool {
   bool stop_ /* GUARDED_BY(mu_) */ = false;
   std::exception_ptr error_ /* GUARDED_BY(mu_) */;                         // The first fatal error.
   std::vector<std::shared_ptr<EnvClient>> clients_ /* GUARDED_BY(mu_) */;  // Per actor, for Stop().
+  std::optional<ArrayNest> observation_spec_ /* GUARDED_BY(mu_) */;
+  struct ActorState {
+    bool connected = false;
+    bool ever_connected = false;
+    std::optional<Clock::time_point> last_step;
+    std::optional<Clock::time_point> deadline;  // While waiting for the server, with env_timeout.
+    int64_t drops = 0;
+    std::string last_problem;
+  };
+  std::vector<ActorState> actors_ /* GUARDED_BY(mu_) */;
+  int64_t armed_ /* GUARDED_BY(mu_) */ = 0;  // Actors with a deadline.
+  std::condition_variable watchdog_cv_;      // Signalled when the first deadline is armed and on Stop().
 };
 
 }  // namespace torchbeast

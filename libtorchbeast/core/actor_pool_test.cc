@@ -6,6 +6,9 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -317,36 +320,194 @@ TEST(ActorPoolTest, RolloutsKeepTheTruncationValueOutputBesideItsStepButNotTheFi
   EXPECT_GE(truncated_steps, 8);
 }
 
-// A truncating CountingEnv whose final observations have another shape.
-class MisshapenFinalEnv : public CountingEnv {
+// A CountingEnv whose steps from global step `from_step` on are changed by `corrupt`, and
+// whose Step() waits `delay` from then on (for deadlines).
+class CorruptingEnv : public CountingEnv {
  public:
-  MisshapenFinalEnv() : CountingEnv(/*id=*/0, /*episode_length=*/2, /*truncate=*/true) {}
-  EnvStep Step(const ArrayNest& action) override {
-    EnvStep step = CountingEnv::Step(action);
-    if (step.final_observation) step.final_observation->map().at("frame") = Array::Zeros(DType::kUInt8, {3, 2});
+  CorruptingEnv(int32_t id, int64_t from_step, std::function<void(EnvStep*)> corrupt,
+                milliseconds delay = milliseconds(0))
+      : CountingEnv(id, /*episode_length=*/1000), from_step_(from_step), corrupt_(std::move(corrupt)), delay_(delay) {}
+  EnvStep Initial() override {
+    EnvStep step = CountingEnv::Initial();
+    if (from_step_ == 0) Corrupt(&step);
     return step;
   }
+  EnvStep Step(const ArrayNest& action) override {
+    EnvStep step = CountingEnv::Step(action);
+    if (++steps_ >= from_step_) Corrupt(&step);
+    return step;
+  }
+
+ private:
+  void Corrupt(EnvStep* step) {
+    if (corrupt_) corrupt_(step);
+    std::this_thread::sleep_for(delay_);
+  }
+  const int64_t from_step_;
+  const std::function<void(EnvStep*)> corrupt_;
+  const milliseconds delay_;
+  int64_t steps_ = 0;
 };
 
-TEST(ActorPoolTest, AFinalObservationUnlikeTheObservationIsInvalidArgument) {
-  const std::string address = TempSocket("a");
-  EnvServer a([]() -> std::unique_ptr<Env> { return std::make_unique<MisshapenFinalEnv>(); }, address);
-  a.Start();
+EnvFactory Corrupting(int32_t id, int64_t from_step, std::function<void(EnvStep*)> corrupt,
+                      milliseconds delay = milliseconds(0)) {
+  return [=]() -> std::unique_ptr<Env> { return std::make_unique<CorruptingEnv>(id, from_step, corrupt, delay); };
+}
+
+// The observation spec of CountingEnv.
+ArrayNest CountingSpec() {
+  return ArrayNest(
+      ArrayNest::Map{{"frame", Array::Zeros(DType::kUInt8, {2, 3})}, {"id", Array::Zeros(DType::kInt32, {})}});
+}
+
+// Runs a pool over a good server (env id 0) and a bad one (env id 1, made by `bad`) until
+// `rollouts` rollouts arrived; returns the log and checks that every rollout came from the good
+// server, that Run() returned normally and that the bad server was dropped at least once.
+std::string RunBesideABadServer(EnvFactory bad, std::optional<ArrayNest> spec, int rollouts = 30,
+                                milliseconds env_timeout = milliseconds(0)) {
+  EnvServer good(Counting(/*id=*/0, /*episode_length=*/5), TempSocket("good"));
+  EnvServer bad_server(std::move(bad), TempSocket("bad"));
+  good.Start();
+  bad_server.Start();
   Fixture f;
   std::thread model(Model, f.batcher.get(), true);
-  ActorPool pool(/*unroll_length=*/5, f.learner_queue, f.batcher, {address}, InitialState());
-  try {
-    pool.Run();
-    FAIL() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    const std::string message = e.what();
-    EXPECT_NE(message.find("env server " + address + " sent a final_observation unlike its observation"),
-              std::string::npos)
-        << message;
-    EXPECT_NE(message.find("at ['frame']: shape [3, 2], expected [2, 3]"), std::string::npos) << message;
+  ::testing::internal::CaptureStderr();
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {good.address(), bad_server.address()},
+                 InitialState(), /*initial_action=*/std::nullopt, std::move(spec), env_timeout);
+  std::exception_ptr error;
+  std::thread runner([&pool, &error] {
+    try {
+      pool.Run();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  int from_good = 0;
+  for (int i = 0; i < rollouts; ++i) from_good += EnvId(f.learner_queue->DequeueMany().map().at("rollout")) == 0;
+  // Until the bad server has been dropped (it may take a few steps or a deadline).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pool.status()[1].drops == 0 && std::chrono::steady_clock::now() < deadline) {
+    f.learner_queue->DequeueMany();
   }
+  const std::vector<ActorPool::ActorStatus> status = pool.status();
   f.Close();
+  runner.join();
   model.join();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_FALSE(error) << "Run() raised";
+  EXPECT_GE(from_good, rollouts - 2) << log;  // A bad stream never delivers past its first bad step.
+  EXPECT_EQ(status[0].drops, 0) << log;
+  EXPECT_TRUE(status[0].ever_connected);
+  EXPECT_GE(status[1].drops, 1) << log;
+  EXPECT_NE(status[1].last_problem, "");
+  EXPECT_NE(log.find("actor 1 (" + bad_server.address() + "): dropped: "), std::string::npos) << log;
+  EXPECT_EQ(log.find("actor 0 (" + good.address() + "): dropped"), std::string::npos) << log;
+  return log;
+}
+
+TEST(ActorPoolTest, AShapeChangeDropsOnlyThatServer) {
+  const std::string log =
+      RunBesideABadServer(Corrupting(/*id=*/1, /*from_step=*/3,
+                                     [](EnvStep* step) {
+                                       step->observation.map().at("frame") = Array::Zeros(DType::kUInt8, {2, 4});
+                                     }),
+                          CountingSpec());
+  EXPECT_NE(log.find("dropped: observation 'frame' has shape [2, 4], expected [2, 3]; retrying in "), std::string::npos)
+      << log;
+}
+
+TEST(ActorPoolTest, AFirstStepUnlikeTheSpecIsDropped) {
+  const std::string log =
+      RunBesideABadServer(Corrupting(/*id=*/1, /*from_step=*/0,
+                                     [](EnvStep* step) {
+                                       step->observation.map().at("frame") = Array::Zeros(DType::kFloat32, {2, 3});
+                                     }),
+                          CountingSpec());
+  EXPECT_NE(log.find("dropped: observation 'frame' has dtype float32, expected uint8"), std::string::npos) << log;
+}
+
+TEST(ActorPoolTest, AnExtraKeyIsDroppedWithoutASpecToo) {
+  // Without a spec, the first observation (the good server's or the bad one's: both are good
+  // at first) becomes it.
+  const std::string log = RunBesideABadServer(
+      Corrupting(/*id=*/1, /*from_step=*/3,
+                 [](EnvStep* step) { step->observation.map().emplace("extra", Array::Zeros(DType::kUInt8, {1})); }),
+      /*spec=*/std::nullopt);
+  EXPECT_NE(log.find("dropped: observation has an unexpected key 'extra'"), std::string::npos) << log;
+}
+
+TEST(ActorPoolTest, AFinalObservationUnlikeTheSpecIsDropped) {
+  const std::string log = RunBesideABadServer(
+      Corrupting(/*id=*/1, /*from_step=*/2,
+                 [](EnvStep* step) {
+                   step->done = step->truncated = true;
+                   step->final_observation = ArrayNest(ArrayNest::Map{{"frame", Array::Zeros(DType::kUInt8, {3, 2})},
+                                                                      {"id", Array::Zeros(DType::kInt32, {})}});
+                 }),
+      CountingSpec());
+  EXPECT_NE(log.find("dropped: final_observation 'frame' has shape [3, 2], expected [2, 3]"), std::string::npos) << log;
+}
+
+TEST(ActorPoolTest, ANanRewardIsDropped) {
+  const std::string log = RunBesideABadServer(
+      Corrupting(/*id=*/1, /*from_step=*/4, [](EnvStep* step) { step->reward = std::nanf(""); }), CountingSpec());
+  EXPECT_NE(log.find("dropped: reward is nan"), std::string::npos) << log;
+}
+
+TEST(ActorPoolTest, AMessageOverTheLimitIsDropped) {
+  // The limit is 8 x the spec's 10 bytes + 1 MiB: a 4 MiB frame is over it.
+  const std::string log =
+      RunBesideABadServer(Corrupting(/*id=*/1, /*from_step=*/2,
+                                     [](EnvStep* step) {
+                                       step->observation.map().at("frame") = Array::Zeros(DType::kUInt8, {2048, 2048});
+                                     }),
+                          CountingSpec());
+  EXPECT_NE(log.find("dropped: gRPC status RESOURCE_EXHAUSTED: "), std::string::npos) << log;
+}
+
+TEST(ActorPoolTest, AServerPastTheDeadlineIsDropped) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string log = RunBesideABadServer(
+      Corrupting(/*id=*/1, /*from_step=*/3, /*corrupt=*/nullptr, /*delay=*/milliseconds(1500)), CountingSpec(),
+      /*rollouts=*/10, /*env_timeout=*/milliseconds(300));
+  EXPECT_NE(log.find("dropped: sent no step within 0.3"), std::string::npos) << log;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
+TEST(ActorPoolTest, ASilentFirstStepIsDropped) {
+  const std::string log = RunBesideABadServer(
+      Corrupting(/*id=*/1, /*from_step=*/0, /*corrupt=*/nullptr, /*delay=*/milliseconds(1500)), CountingSpec(),
+      /*rollouts=*/10, /*env_timeout=*/milliseconds(300));
+  EXPECT_NE(log.find("dropped: sent no step within 0.3"), std::string::npos) << log;
+}
+
+TEST(ActorPoolTest, StatusTellsWhoIsConnected) {
+  EnvServer a(Counting(/*id=*/0, /*episode_length=*/5), TempSocket("a"));
+  a.Start();
+  const std::string nobody = TempSocket("nobody");
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), true);
+  ::testing::internal::CaptureStderr();
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {a.address(), nobody}, InitialState());
+  EXPECT_EQ(pool.num_connected(), 0);
+  std::thread runner([&pool] { pool.Run(); });
+  f.learner_queue->DequeueMany();
+  const auto status = pool.status();
+  EXPECT_EQ(pool.num_connected(), 1);
+  ASSERT_EQ(status.size(), 2u);
+  EXPECT_EQ(status[0].address, a.address());
+  EXPECT_TRUE(status[0].connected && status[0].ever_connected);
+  ASSERT_TRUE(status[0].seconds_since_last_step.has_value());
+  EXPECT_LT(*status[0].seconds_since_last_step, 5.0);
+  EXPECT_EQ(status[1].address, nobody);
+  EXPECT_FALSE(status[1].connected || status[1].ever_connected);
+  EXPECT_FALSE(status[1].seconds_since_last_step.has_value());
+  EXPECT_NE(status[1].last_problem, "");
+  f.Close();
+  runner.join();
+  model.join();
+  ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(pool.num_connected(), 0);
 }
 
 TEST(ActorPoolTest, EnvErrorIsRethrownByRun) {
@@ -476,6 +637,10 @@ TEST(ActorPoolTest, InvalidArguments) {
   EXPECT_THROW(ActorPool(/*unroll_length=*/2, nullptr, f.batcher, {"unix:/x"}, InitialState()), InvalidArgument);
   EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {"unix:/x"}, InitialState(),
                          /*initial_action=*/ArrayNest(Array::Zeros(DType::kInt64, {1}))),
+               InvalidArgument);
+  EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {"unix:/x"}, InitialState(),
+                         /*initial_action=*/std::nullopt, /*observation_spec=*/std::nullopt,
+                         /*env_timeout=*/milliseconds(-1)),
                InvalidArgument);
 }
 

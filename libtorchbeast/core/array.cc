@@ -9,15 +9,6 @@ namespace {
 
 constexpr std::size_t kAlignment = 64;
 
-int64_t NumElements(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d < 0) throw InvalidArgument("negative dimension in shape " + ShapeString(shape));
-    n *= d;
-  }
-  return n;
-}
-
 std::shared_ptr<void> Allocate(std::size_t nbytes) {
   // aligned_alloc needs a size that is a multiple of the alignment (and not 0).
   std::size_t rounded = ((nbytes + kAlignment - 1) / kAlignment) * kAlignment;
@@ -34,6 +25,28 @@ int64_t Product(const std::vector<int64_t>& shape, std::size_t begin, std::size_
 }
 
 }  // namespace
+
+int64_t NumElements(const std::vector<int64_t>& shape) {
+  for (int64_t d : shape) {
+    if (d < 0) throw InvalidArgument("negative dimension in shape " + ShapeString(shape));
+  }
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (__builtin_mul_overflow(n, d, &n)) {
+      throw InvalidArgument("shape " + ShapeString(shape) + " has more elements than int64 can count");
+    }
+  }
+  return n;
+}
+
+int64_t NumBytes(DType dtype, const std::vector<int64_t>& shape) {
+  int64_t n = 0;
+  if (__builtin_mul_overflow(NumElements(shape), static_cast<int64_t>(ItemSize(dtype)), &n)) {
+    throw InvalidArgument(std::string("an array of dtype ") + DTypeName(dtype) + " and shape " + ShapeString(shape) +
+                          " has more bytes than int64 can count");
+  }
+  return n;
+}
 
 bool IsValidDType(int32_t value) { return value >= 0 && value < kNumDTypes; }
 
@@ -97,12 +110,15 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 
 Array::Array(DType dtype, std::vector<int64_t> shape)
     : dtype_(dtype), shape_(std::move(shape)), numel_(NumElements(shape_)) {
+  NumBytes(dtype_, shape_);  // Throws when the byte size overflows.
   owner_ = Allocate(nbytes());
   data_ = owner_.get();
 }
 
 Array::Array(DType dtype, std::vector<int64_t> shape, std::shared_ptr<void> owner, void* data)
-    : dtype_(dtype), shape_(std::move(shape)), numel_(NumElements(shape_)), owner_(std::move(owner)), data_(data) {}
+    : dtype_(dtype), shape_(std::move(shape)), numel_(NumElements(shape_)), owner_(std::move(owner)), data_(data) {
+  NumBytes(dtype_, shape_);  // Throws when the byte size overflows.
+}
 
 Array Array::Zeros(DType dtype, std::vector<int64_t> shape) {
   Array a(dtype, std::move(shape));
@@ -164,7 +180,9 @@ Array Concatenate(const std::vector<const Array*>& arrays, int64_t dim) {
       throw InvalidArgument("cannot concatenate along dim " + std::to_string(dim) + " arrays of shapes " +
                             ShapeString(first.shape()) + " and " + ShapeString(a.shape()));
     }
-    total += a.shape()[dim];
+    if (__builtin_add_overflow(total, a.shape()[dim], &total)) {
+      throw InvalidArgument("cannot concatenate: the size along dim " + std::to_string(dim) + " overflows int64");
+    }
   }
   std::vector<int64_t> shape = first.shape();
   shape[dim] = total;

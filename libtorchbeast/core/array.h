@@ -39,12 +39,18 @@ bool IsValidDType(int32_t value);
 std::size_t ItemSize(DType dtype);
 // The NumPy name: "bool", "uint8", ..., "float16".
 const char* DTypeName(DType dtype);
+// The element count and byte size of an array of `dtype` and `shape`, computed without
+// overflow: throws InvalidArgument for a negative dimension or a size that does not fit in
+// int64 (shapes come from peers, so they are never trusted).
+int64_t NumElements(const std::vector<int64_t>& shape);
+int64_t NumBytes(DType dtype, const std::vector<int64_t>& shape);
 // "[2, 3]".
 std::string ShapeString(const std::vector<int64_t>& shape);
 
 class Array {
  public:
-  // A new, uninitialized array. Throws InvalidArgument for a negative dimension.
+  // A new, uninitialized array. Throws InvalidArgument for a negative dimension or a size
+  // that overflows (see NumBytes).
   Array(DType dtype, std::vector<int64_t> shape);
   // A view of `data`, kept alive by `owner` (which may share ownership of a bigger buffer).
   Array(DType dtype, std::vector<int64_t> shape, std::shared_ptr<void> owner, void* data);

@@ -21,11 +21,13 @@ DType CheckedDType(const rpcenv::NDArray& proto) {
   return static_cast<DType>(proto.dtype());
 }
 
-void CheckSize(const Array& shape_only, std::size_t nbytes) {
-  if (shape_only.nbytes() != nbytes) {
-    throw InvalidArgument("NDArray of dtype " + std::string(DTypeName(shape_only.dtype())) + " and shape " +
-                          ShapeString(shape_only.shape()) + " needs " + std::to_string(shape_only.nbytes()) +
-                          " bytes, got " + std::to_string(nbytes));
+// Checks the shape (no overflow, see NumBytes) and that `nbytes` matches it, before anything
+// is allocated: the shape comes from a peer.
+void CheckSize(DType dtype, const std::vector<int64_t>& shape, std::size_t nbytes) {
+  const int64_t needed = NumBytes(dtype, shape);
+  if (static_cast<uint64_t>(needed) != nbytes) {
+    throw InvalidArgument("NDArray of dtype " + std::string(DTypeName(dtype)) + " and shape " + ShapeString(shape) +
+                          " needs " + std::to_string(needed) + " bytes, got " + std::to_string(nbytes));
   }
 }
 
@@ -70,22 +72,22 @@ void ArrayToProto(const Array& array, rpcenv::NDArray* proto) {
 }
 
 Array ArrayFromProto(const rpcenv::NDArray& proto) {
-  Array out(CheckedDType(proto), ShapeOf(proto));
-  CheckSize(out, proto.data().size());
+  const DType dtype = CheckedDType(proto);
+  std::vector<int64_t> shape = ShapeOf(proto);
+  CheckSize(dtype, shape, proto.data().size());
+  Array out(dtype, std::move(shape));
   if (out.nbytes() > 0) std::memcpy(out.data(), proto.data().data(), out.nbytes());
   return out;
 }
 
 Array ArrayFromProto(rpcenv::NDArray* proto) {
-  DType dtype = CheckedDType(*proto);
+  const DType dtype = CheckedDType(*proto);
   std::vector<int64_t> shape = ShapeOf(*proto);
+  CheckSize(dtype, shape, proto->data().size());
   auto bytes = std::make_shared<std::string>();
   bytes->swap(*proto->mutable_data());
   void* data = bytes->data();
-  std::size_t nbytes = bytes->size();
-  Array out(dtype, std::move(shape), std::shared_ptr<void>(bytes, data), data);
-  CheckSize(out, nbytes);
-  return out;
+  return Array(dtype, std::move(shape), std::shared_ptr<void>(bytes, data), data);
 }
 
 void NestToProto(const ArrayNest& nest, rpcenv::ArrayNest* proto) {

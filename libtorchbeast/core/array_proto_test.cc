@@ -60,6 +60,33 @@ TEST(ArrayProtoTest, BadMessagesThrow) {
   EXPECT_THROW(NestFromProto(unset), InvalidArgument);
 }
 
+// Shapes come from peers: their element count and byte size are computed without overflow,
+// and nothing is allocated before the byte length matches.
+TEST(ArrayProtoTest, OverflowingShapesAreInvalidArgument) {
+  auto expect_invalid = [](std::vector<int64_t> shape, DType dtype, const std::string& message) {
+    rpcenv::NDArray proto;
+    proto.set_dtype(static_cast<rpcenv::DType>(dtype));
+    proto.mutable_shape()->Assign(shape.begin(), shape.end());
+    proto.set_data("abcd");
+    try {
+      ArrayFromProto(proto);
+      ADD_FAILURE() << "expected InvalidArgument for " << ShapeString(shape);
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(ArrayFromProto(&proto), InvalidArgument);
+  };
+  // 2^32 * 2^32 = 2^64 elements wraps to 0 in int64 arithmetic.
+  expect_invalid({int64_t{1} << 32, int64_t{1} << 32}, DType::kUInt8, "more elements than int64 can count");
+  // 2^62 elements fit, 2^65 bytes do not.
+  expect_invalid({int64_t{1} << 62}, DType::kFloat64, "more bytes than int64 can count");
+  // A huge but countable shape with 4 bytes: a mismatch, and no allocation of 2^40 bytes.
+  expect_invalid({int64_t{1} << 40}, DType::kUInt8, "needs 1099511627776 bytes, got 4");
+  expect_invalid({2, -1}, DType::kUInt8, "negative dimension");
+  // A zero dimension makes the rest irrelevant only when it does not overflow first.
+  expect_invalid({0, int64_t{1} << 62}, DType::kFloat64, "needs 0 bytes, got 4");
+}
+
 TEST(ArrayProtoTest, NestRoundTrip) {
   ArrayNest n(ArrayNest::Map{
       {"frame", Patterned(DType::kUInt8, {64, 64, 3})},

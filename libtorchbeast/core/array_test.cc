@@ -38,6 +38,14 @@ TEST(ArrayTest, SizesForEveryDType) {
 
 TEST(ArrayTest, NegativeDimensionThrows) { EXPECT_THROW(Array(DType::kUInt8, {2, -1}), InvalidArgument); }
 
+TEST(ArrayTest, SizesThatOverflowThrow) {
+  EXPECT_THROW(NumElements({int64_t{1} << 32, int64_t{1} << 32}), InvalidArgument);
+  EXPECT_THROW(NumBytes(DType::kInt64, {int64_t{1} << 61}), InvalidArgument);
+  EXPECT_EQ(NumBytes(DType::kInt64, {int64_t{1} << 59}), int64_t{1} << 62);
+  EXPECT_EQ(NumBytes(DType::kInt64, {0, int64_t{1} << 62}), 0);
+  EXPECT_THROW(Array(DType::kFloat64, {int64_t{1} << 62}), InvalidArgument);
+}
+
 TEST(ArrayTest, ZeroSizedAndScalar) {
   Array empty = Array::Zeros(DType::kFloat32, {0, 4});
   EXPECT_EQ(empty.numel(), 0);

@@ -9,12 +9,12 @@
 
 namespace torchbeast {
 
-EnvClient::EnvClient(std::string address)
+EnvClient::EnvClient(std::string address, int max_receive_bytes)
     : address_(std::move(address)),
       action_(std::make_unique<rpcenv::Action>()),
       step_(std::make_unique<rpcenv::Step>()) {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxReceiveMessageSize(max_receive_bytes);
   args.SetMaxSendMessageSize(-1);
   // A connection of our own (not shared with other clients of the same address), and quick
   // reconnects: the actor pool does its own backoff.
@@ -43,6 +43,7 @@ EnvStep EnvClient::Connect() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (cancelled_) throw ClosedError("EnvClient for " + address_ + " was cancelled");
+    if (!expired_.empty()) throw PeerError(expired_);
     context_ = std::make_unique<grpc::ClientContext>();
     context = context_.get();
   }
@@ -73,12 +74,19 @@ void EnvClient::Cancel() {
   if (context_) context_->TryCancel();
 }
 
+void EnvClient::Expire(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  expired_ = reason.empty() ? "expired" : reason;
+  if (context_) context_->TryCancel();
+}
+
 void EnvClient::ThrowStreamError() {
   grpc::Status status = stream_->Finish();
   stream_.reset();
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (cancelled_) throw ClosedError("EnvClient for " + address_ + " was cancelled");
+    if (!expired_.empty()) throw PeerError(expired_);
   }
   const std::string where = " (env server " + address_ + ")";
   switch (status.error_code()) {
@@ -86,6 +94,8 @@ void EnvClient::ThrowStreamError() {
       throw EnvError(status.error_message() + where);
     case grpc::StatusCode::INVALID_ARGUMENT:
       throw InvalidArgument(status.error_message() + where);
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      throw PeerError("gRPC status RESOURCE_EXHAUSTED: " + status.error_message());
     case grpc::StatusCode::OK:
       throw RpcError(static_cast<int>(status.error_code()), "the env server ended the stream" + where);
     default:
@@ -95,7 +105,7 @@ void EnvClient::ThrowStreamError() {
   }
 }
 
-EnvStep EnvClient::FromProto(rpcenv::Step* step) {
+EnvStep EnvClient::FromProto(rpcenv::Step* step) try {
   EnvStep out;
   out.observation = NestFromProto(step->mutable_observation());
   out.reward = step->reward();
@@ -105,6 +115,8 @@ EnvStep EnvClient::FromProto(rpcenv::Step* step) {
   out.episode_return = step->episode_return();
   if (step->has_final_observation()) out.final_observation = NestFromProto(step->mutable_final_observation());
   return out;
+} catch (const InvalidArgument& e) {
+  throw PeerError(std::string("step does not decode: ") + e.what());
 }
 
 }  // namespace torchbeast

@@ -23,7 +23,9 @@ class Step;
 class EnvClient {
  public:
   // `address`: "unix:/path" or "host:port". Makes a channel of its own; connects in Connect().
-  explicit EnvClient(std::string address);
+  // `max_receive_bytes`: the largest Step message accepted (-1: no limit); a larger one ends
+  // the stream with PeerError.
+  explicit EnvClient(std::string address, int max_receive_bytes = -1);
   ~EnvClient();
   EnvClient(const EnvClient&) = delete;
   EnvClient& operator=(const EnvClient&) = delete;
@@ -31,7 +33,8 @@ class EnvClient {
   // Opens a new stream (ending any previous one) and returns its first step. Throws RpcError
   // when the server cannot be reached or the stream breaks (retrying may help), EnvError when
   // the server's env failed, InvalidArgument when the server could not decode an action,
-  // ClosedError after Cancel().
+  // PeerError for a step that does not decode, a message over the size limit (or any
+  // RESOURCE_EXHAUSTED status) and after Expire(), ClosedError after Cancel().
   EnvStep Connect();
   // Sends an action and returns the next step. Throws like Connect(); Error without a stream.
   EnvStep Step(const ArrayNest& action);
@@ -40,6 +43,10 @@ class EnvClient {
   // Cancels the stream from any thread: a blocked Connect() or Step() throws ClosedError, and
   // so does every later call.
   void Cancel();
+  // Ends the current stream from any thread because the server took too long: the blocked (or
+  // next) Connect() or Step() throws PeerError(`reason`). Unlike Cancel(), affects only the
+  // stream open now (or the next one, if none is open).
+  void Expire(const std::string& reason);
 
   const std::string& address() const { return address_; }
 
@@ -56,6 +63,7 @@ class EnvClient {
   std::mutex mu_;  // Lets Cancel() reach the context from another thread.
   std::unique_ptr<grpc::ClientContext> context_ /* GUARDED_BY(mu_) */;
   bool cancelled_ /* GUARDED_BY(mu_) */ = false;
+  std::string expired_ /* GUARDED_BY(mu_) */;  // Expire()'s reason, "" if not expired.
 };
 
 }  // namespace torchbeast

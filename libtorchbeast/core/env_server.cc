@@ -1,13 +1,53 @@
 #include "core/env_server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/rpc_service_method.h>
+#include <grpcpp/support/method_handler.h>
 
+#include <atomic>
 #include <chrono>
 #include <exception>
+#include <string>
 #include <utility>
 
 #include "core/array_proto.h"
-#include "rpcenv.grpc.pb.h"
+#include "rpcenv.grpc.pb.h"  // The protobuf SerializationTraits, from the header gRPC's plugin picks.
+
+namespace torchbeast {
+namespace {
+
+// An Action as received: the message, or why it did not parse. gRPC's own deserializer would
+// end the stream as if the client had closed it (status OK, no message); this one lets the
+// server answer INVALID_ARGUMENT.
+struct ReceivedAction {
+  rpcenv::Action action;
+  std::string parse_error;  // "" when the message parsed.
+};
+
+}  // namespace
+}  // namespace torchbeast
+
+namespace grpc {
+
+template <>
+class SerializationTraits<torchbeast::ReceivedAction, void> {
+ public:
+  static Status Serialize(const torchbeast::ReceivedAction& /*msg*/, ByteBuffer* /*bb*/, bool* /*own_buffer*/) {
+    return Status(StatusCode::INTERNAL, "ReceivedAction is never sent");
+  }
+  static Status Deserialize(ByteBuffer* buffer, torchbeast::ReceivedAction* msg) {
+    msg->action.Clear();
+    msg->parse_error.clear();
+    Status status = GenericDeserialize<ProtoBufferReader, torchbeast::rpcenv::Action>(buffer, &msg->action);
+    if (!status.ok()) {
+      msg->parse_error = "the Action message does not parse";
+      if (!status.error_message().empty()) msg->parse_error += " (" + status.error_message() + ")";
+    }
+    return Status::OK;
+  }
+};
+
+}  // namespace grpc
 
 namespace torchbeast {
 namespace {
@@ -24,14 +64,37 @@ void StepToProto(const EnvStep& step, rpcenv::Step* proto) {
   if (step.final_observation) NestToProto(*step.final_observation, proto->mutable_final_observation());
 }
 
+using Stream = grpc::ServerReaderWriter<rpcenv::Step, ReceivedAction>;
+
 }  // namespace
 
-class EnvServer::Service final : public rpcenv::StreamingEnv::Service {
+// The StreamingEnv service of rpcenv.proto, registered by hand to read actions as
+// ReceivedAction.
+class EnvServer::Service final : public grpc::Service {
  public:
-  explicit Service(EnvFactory env_factory) : env_factory_(std::move(env_factory)) {}
+  Service(EnvFactory env_factory, int max_streams) : env_factory_(std::move(env_factory)), max_streams_(max_streams) {
+    AddMethod(new grpc::internal::RpcServiceMethod(
+        "/torchbeast.rpcenv.StreamingEnv/StreamingEnv", grpc::internal::RpcMethod::BIDI_STREAMING,
+        new grpc::internal::BidiStreamingHandler<Service, ReceivedAction, rpcenv::Step>(
+            [](Service* service, grpc::ServerContext* /*context*/, Stream* stream) {
+              return service->StreamingEnv(stream);
+            },
+            this)));
+  }
 
-  grpc::Status StreamingEnv(grpc::ServerContext* /*context*/,
-                            grpc::ServerReaderWriter<rpcenv::Step, rpcenv::Action>* stream) override {
+  grpc::Status StreamingEnv(Stream* stream) {
+    if (max_streams_ > 0 && streams_.fetch_add(1) >= max_streams_) {
+      streams_.fetch_sub(1);
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "this env server serves at most " + std::to_string(max_streams_) +
+                              " stream(s) at a time (polybeast_env --max_streams)");
+    }
+    struct Release {
+      Service* service;
+      ~Release() {
+        if (service->max_streams_ > 0) service->streams_.fetch_sub(1);
+      }
+    } release{this};
     try {
       return Serve(stream);
     } catch (const InvalidArgument& e) {
@@ -44,26 +107,31 @@ class EnvServer::Service final : public rpcenv::StreamingEnv::Service {
   }
 
  private:
-  grpc::Status Serve(grpc::ServerReaderWriter<rpcenv::Step, rpcenv::Action>* stream) {
+  grpc::Status Serve(Stream* stream) {
     std::unique_ptr<Env> env = env_factory_();
     if (!env) throw EnvError("the env factory returned no environment");
     rpcenv::Step step;
     StepToProto(env->Initial(), &step);
     if (!stream->Write(step)) return grpc::Status::OK;  // The client went away.
 
-    rpcenv::Action action;
+    ReceivedAction action;
     while (stream->Read(&action)) {  // Ends when the client closes or cancels the stream.
-      StepToProto(env->Step(NestFromProto(action.mutable_action())), &step);
+      if (!action.parse_error.empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, action.parse_error);
+      StepToProto(env->Step(NestFromProto(action.action.mutable_action())), &step);
       if (!stream->Write(step)) break;
     }
     return grpc::Status::OK;
   }
 
   const EnvFactory env_factory_;
+  const int max_streams_;
+  std::atomic<int> streams_{0};  // Being served now.
 };
 
-EnvServer::EnvServer(EnvFactory env_factory, std::string address)
-    : address_(std::move(address)), service_(std::make_unique<Service>(std::move(env_factory))) {}
+EnvServer::EnvServer(EnvFactory env_factory, std::string address, int max_streams)
+    : address_(std::move(address)), service_(std::make_unique<Service>(std::move(env_factory), max_streams)) {
+  if (max_streams < 0) throw InvalidArgument("EnvServer: max_streams must be >= 0");
+}
 
 EnvServer::~EnvServer() { Stop(); }
 
@@ -82,8 +150,9 @@ void EnvServer::StartLocked() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address_, grpc::InsecureServerCredentials(), &port_);
   builder.RegisterService(service_.get());
-  builder.SetMaxReceiveMessageSize(-1);
+  builder.SetMaxReceiveMessageSize(kMaxActionBytes);
   builder.SetMaxSendMessageSize(-1);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // A served port is not shared.
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("EnvServer: cannot listen on " + address_);
 }

@@ -3,7 +3,12 @@
 // For every stream it makes an env with the factory, sends its Initial() step and answers each
 // action with the env's Step(action), copying every field of the record as it is: the env does
 // the episode bookkeeping (see core/env.h). Env failures end the stream with status ABORTED
-// carrying the error message; an action that cannot be decoded ends it with INVALID_ARGUMENT.
+// carrying the error message; an action that does not parse or cannot be decoded ends it with
+// INVALID_ARGUMENT and a message saying why. Limits: an Action message of at most
+// kMaxActionBytes (a larger one ends the stream with RESOURCE_EXHAUSTED), at most `max_streams`
+// streams at a time (a further one gets RESOURCE_EXHAUSTED before any env is made), and the
+// address is never shared with another server (SO_REUSEPORT off: binding a served TCP port
+// fails).
 #pragma once
 
 #include <condition_variable>
@@ -21,8 +26,11 @@ namespace torchbeast {
 
 class EnvServer {
  public:
+  static constexpr int kMaxActionBytes = 1 << 20;
+
   // `address`: "unix:/path/to/socket" or "host:port" (port 0 picks a free port, see port()).
-  EnvServer(EnvFactory env_factory, std::string address);
+  // `max_streams`: streams served at a time (0: no limit).
+  EnvServer(EnvFactory env_factory, std::string address, int max_streams = 0);
   ~EnvServer();  // Stops the server.
   EnvServer(const EnvServer&) = delete;
   EnvServer& operator=(const EnvServer&) = delete;

@@ -1,8 +1,11 @@
 #include "core/env_server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/sync_stream.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <optional>
 #include <string>
 #include <thread>
@@ -11,6 +14,7 @@
 
 #include "core/env_client.h"
 #include "core/test_util.h"
+#include "rpcenv.grpc.pb.h"
 
 namespace torchbeast {
 namespace {
@@ -132,6 +136,128 @@ TEST(EnvServerTest, BadActionIsInvalidArgument) {
   client.Connect();
   // CountingEnv reads the action as a leaf: a list fails in the env (ABORTED -> EnvError).
   EXPECT_THROW(client.Step(ArrayNest(ArrayNest::Vector{})), EnvError);
+}
+
+// Raw bytes sent as an Action message, to send what does not parse.
+struct RawAction {
+  std::string bytes;
+};
+
+}  // namespace
+}  // namespace torchbeast
+
+namespace grpc {
+template <>
+class SerializationTraits<torchbeast::RawAction, void> {
+ public:
+  static Status Serialize(const torchbeast::RawAction& msg, ByteBuffer* buffer, bool* own_buffer) {
+    Slice slice(msg.bytes);
+    ByteBuffer tmp(&slice, 1);
+    buffer->Swap(&tmp);
+    *own_buffer = true;
+    return Status::OK;
+  }
+  static Status Deserialize(ByteBuffer* /*buffer*/, torchbeast::RawAction* /*msg*/) {
+    return Status(StatusCode::INTERNAL, "not used");
+  }
+};
+}  // namespace grpc
+
+namespace torchbeast {
+namespace {
+
+// Opens a stream, reads the first step, sends `bytes` as an Action and returns the status.
+grpc::Status SendRawAction(const std::string& address, const std::string& bytes) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  const grpc::internal::RpcMethod method("/torchbeast.rpcenv.StreamingEnv/StreamingEnv",
+                                         grpc::internal::RpcMethod::BIDI_STREAMING, channel);
+  std::unique_ptr<grpc::ClientReaderWriter<RawAction, rpcenv::Step>> stream(
+      grpc::internal::ClientReaderWriterFactory<RawAction, rpcenv::Step>::Create(channel.get(), method, &context));
+  rpcenv::Step step;
+  EXPECT_TRUE(stream->Read(&step));
+  stream->Write(RawAction{bytes});
+  stream->WritesDone();
+  while (stream->Read(&step)) {
+  }
+  return stream->Finish();
+}
+
+TEST(EnvServerTest, AnActionThatDoesNotParseIsInvalidArgumentWithAMessage) {
+  EnvServer server(Counting(/*episode_length=*/3), TempSocket("env"));
+  server.Start();
+  // Field 1 (action), length-delimited, claiming 100 bytes but holding 2.
+  const grpc::Status status = SendRawAction(server.address(), std::string("\x0a\x64\x01\x02", 4));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("the Action message does not parse"), std::string::npos)
+      << status.error_message();
+}
+
+TEST(EnvServerTest, AnActionWithAnOverflowingShapeIsInvalidArgument) {
+  EnvServer server(Counting(/*episode_length=*/3), TempSocket("env"));
+  server.Start();
+  rpcenv::Action action;
+  rpcenv::NDArray* array = action.mutable_action()->mutable_array();
+  array->set_dtype(rpcenv::INT64);
+  array->add_shape(int64_t{1} << 32);
+  array->add_shape(int64_t{1} << 32);
+  const grpc::Status status = SendRawAction(server.address(), action.SerializeAsString());
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("more elements than int64 can count"), std::string::npos)
+      << status.error_message();
+}
+
+TEST(EnvServerTest, AnActionOverTheLimitIsResourceExhausted) {
+  EnvServer server(Counting(/*episode_length=*/3), TempSocket("env"));
+  server.Start();
+  rpcenv::Action action;
+  rpcenv::NDArray* array = action.mutable_action()->mutable_array();
+  array->set_dtype(rpcenv::UINT8);
+  array->add_shape(2 * EnvServer::kMaxActionBytes);
+  array->set_data(std::string(2 * EnvServer::kMaxActionBytes, 'x'));
+  const grpc::Status status = SendRawAction(server.address(), action.SerializeAsString());
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+}
+
+TEST(EnvServerTest, MaxStreamsRefusesFurtherStreamsBeforeMakingAnEnv) {
+  std::atomic<int> envs{0};
+  EnvServer server(
+      [&envs]() -> std::unique_ptr<Env> {
+        ++envs;
+        return std::make_unique<CountingEnv>(/*id=*/0, /*episode_length=*/100);
+      },
+      TempSocket("env"), /*max_streams=*/1);
+  server.Start();
+  EnvClient first(server.address());
+  first.Connect();
+  EnvClient second(server.address());
+  try {
+    second.Connect();
+    FAIL() << "expected PeerError";
+  } catch (const PeerError& e) {
+    EXPECT_NE(std::string(e.what()).find("serves at most 1 stream(s) at a time"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(envs, 1);
+  first.Close();
+  // The slot is free once the first stream's handler has returned.
+  for (int i = 0;; ++i) {
+    try {
+      second.Connect();
+      break;
+    } catch (const PeerError&) {
+      ASSERT_LT(i, 100);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  EXPECT_EQ(FrameValue(second.Step(Action(0))), 1);
+}
+
+TEST(EnvServerTest, ATcpPortAlreadyServedCannotBeBound) {
+  EnvServer first(Counting(/*episode_length=*/3), "127.0.0.1:0");
+  first.Start();
+  ASSERT_GT(first.port(), 0);
+  EnvServer second(Counting(/*episode_length=*/3), "127.0.0.1:" + std::to_string(first.port()));
+  EXPECT_THROW(second.Start(), Error);
 }
 
 TEST(EnvServerTest, ManyClientsGetTheirOwnEnvs) {

@@ -1,5 +1,6 @@
 // Exception types thrown by the libtorchbeast core. The Python binding maps them to
-// libtorchbeast.ClosedError, BatchDroppedError, EnvError, ConnectionError and ValueError.
+// libtorchbeast.ClosedError, BatchDroppedError, EnvError, RpcError and PeerError (both
+// ConnectionErrors) and ValueError.
 #pragma once
 
 #include <stdexcept>
@@ -41,6 +42,14 @@ class RpcError : public Error {
 
  private:
   int code_;
+};
+
+// An env server sent something an actor cannot use: a step that does not decode or does not
+// match the run's step spec, a message over the size limit, or no step before the deadline.
+// The actor drops that connection and retries it later; the run goes on.
+class PeerError : public Error {
+ public:
+  using Error::Error;
 };
 
 // A bad argument: wrong shapes, dtypes, structures or option values.

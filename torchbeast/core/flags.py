@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -29,16 +30,30 @@ def str_to_bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def finite_float(value: str) -> float:
+    """A float flag's value: a number, never NaN or an infinity (they pass every range check)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Argparse errors as one line and exit status 2 (argparse prints usage first by default).
 
-    `hints` maps a flag this command does not take to what to use instead; an unrecognized
-    argument error that names it says so.
+    Every `type=float` flag, in any group, parses with `finite_float`. `hints` maps a flag this
+    command does not take to what to use instead; an unrecognized argument error that names it
+    says so.
     """
 
     def __init__(self, *args: object, hints: Optional[Dict[str, str]] = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.hints = dict(hints or {})
+        # argparse looks types up in this registry (shared with the argument groups) when parsing.
+        self.register("type", float, finite_float)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         if message.startswith("unrecognized arguments:"):
@@ -112,6 +127,10 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epsilon", type=float, default=0.01, help="RMSProp epsilon. (default: %(default)s)")
     group.add_argument("--grad_norm_clipping", type=float, default=40.0,
                        help="Clip the global gradient norm to this value. (default: %(default)s)")
+    group.add_argument("--max_nonfinite_updates", type=int, default=10,
+                       help="Stop the run (exit status 1, keeping the last checkpoint) after this many updates "
+                            "in a row with a non-finite loss or gradient norm; each is skipped, leaving the "
+                            "weights untouched. (default: %(default)s)")
 
 
 def add_actor_flags(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +216,7 @@ def agent_problems(flags: argparse.Namespace) -> Problems:
 
 def training_problems(flags: argparse.Namespace) -> Problems:
     problems = _positive(flags, "total_steps", "batch_size", "unroll_length", "num_learner_threads",
-                         "learning_rate", "epsilon", "grad_norm_clipping")
+                         "learning_rate", "max_nonfinite_updates", "epsilon", "grad_norm_clipping")
     problems += _non_negative(flags, "entropy_cost", "baseline_cost", "momentum", "warmup_steps")
     if not 0.0 <= flags.discounting <= 1.0:
         problems.append(f"--discounting must be in [0, 1], got {flags.discounting}")

@@ -67,8 +67,10 @@ def learn_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> Dict[str, float]:
-    """Updates `model` from one batch; returns the losses and episode statistics."""
-    learner_outputs, _ = model(batch, initial_agent_state)
+    """Updates `model` from one batch; returns the losses and episode statistics, and `skipped`:
+    True when the loss or gradient norm was not finite and the update was not applied."""
+    # Logits and values only: sampling actions would raise on a diverged model's non-finite logits.
+    learner_outputs, _ = model(batch, initial_agent_state, sample_actions=False)
     bootstrap_value = learner_outputs["baseline"][-1]
     learner_outputs = {key: value[:-1] for key, value in learner_outputs.items()}
 
@@ -90,8 +92,12 @@ def learn_step(
     optimizer.zero_grad()
     total_loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_norm_clipping)
-    optimizer.step()
-    scheduler.step()
+    # A non-finite loss or gradient norm would poison the weights and RMSProp's averages for good:
+    # such an update is skipped (weights, optimiser and schedule untouched) and said so ("skipped").
+    skipped = not bool(torch.isfinite(total_loss) & torch.isfinite(grad_norm))
+    if not skipped:
+        optimizer.step()
+        scheduler.step()
 
     done = batch["done"][1:]
     episode_returns = batch["episode_return"][1:][done]
@@ -102,6 +108,7 @@ def learn_step(
         "baseline_loss": baseline_loss.item(),
         "entropy_loss": entropy_loss.item(),
         "grad_norm": grad_norm.item(),
+        "skipped": skipped,
         "learning_rate": optimizer.param_groups[0]["lr"],
         "episode_returns": episode_returns.cpu().tolist(),
         "episode_steps": episode_steps.cpu().tolist(),

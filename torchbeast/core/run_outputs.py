@@ -1,8 +1,9 @@
 """What a run leaves in SAVEDIR/XPID/: meta.json, logs.csv, TensorBoard events, learning_curve.png.
 
-logs.csv has one row per learner update and is appended to when a run resumes, so it always
-holds the whole history; TensorBoard gets the same values. The learning curve is drawn from the
-same rows (read from logs.csv once when a run resumes, then kept in memory).
+logs.csv has one row per learner update and is appended to when a run resumes (after cutting it
+back to the checkpoint's step), so it always holds the whole history, steps never going back;
+TensorBoard gets the same values. The learning curve is drawn from the same rows (read from
+logs.csv once when a run resumes, then kept in memory).
 """
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from importlib import metadata
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+# Imported with the run, not at its first checkpoint: a stop signal landing in the middle of this
+# import (~1 s) would leave matplotlib half imported for the final save.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 LOG_FIELDS = [
     "step", "time", "sps", "episodes", "mean_episode_return", "mean_episode_step",
@@ -67,10 +74,44 @@ def write_meta(run_dir: str, flags: Dict[str, Any], extra: Optional[Dict[str, An
     os.replace(tmp, path)
 
 
-class RunLogger:
-    """Appends metrics to logs.csv and TensorBoard."""
+def trim_log(csv_path: str, step: int) -> int:
+    """Cuts logs.csv back to the rows up to `step` (a resumed run's checkpoint), dropping a row a
+    kill left half written; returns how many rows were removed. Rewritten atomically."""
+    if not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0:
+        return 0
+    with open(csv_path, newline="") as f:
+        text = f.read()
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    rows = list(reader)
+    kept = [row for row in rows if _complete(row, reader.fieldnames) and int(row["step"]) <= step]
+    if len(kept) == len(rows) and text.endswith("\n"):
+        return 0
+    tmp = csv_path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=reader.fieldnames or LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, csv_path)
+    return len(rows) - len(kept)
 
-    def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
+
+def _complete(row: Dict[str, Any], fieldnames: Optional[Sequence[str]]) -> bool:
+    if None in row or any(row.get(name) is None for name in fieldnames or ()):
+        return False
+    try:
+        int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+class RunLogger:
+    """Appends metrics to logs.csv and TensorBoard. `purge_step`: TensorBoard hides the events
+    of this step and later from earlier starts of the run (a resume from a checkpoint)."""
+
+    def __init__(self, run_dir: str, tensorboard: bool = True, purge_step: Optional[int] = None) -> None:
         self.run_dir = run_dir
         self.csv_path = os.path.join(run_dir, "logs.csv")
         new_file = not os.path.exists(self.csv_path) or os.path.getsize(self.csv_path) == 0
@@ -83,7 +124,7 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
+            self._tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"), purge_step=purge_step)
 
     def log(self, row: Dict[str, Any]) -> None:
         self._csv.writerow({key: _format(row.get(key)) for key in LOG_FIELDS})
@@ -135,10 +176,6 @@ def plot_learning_curve(points: Sequence[Tuple[int, float]], png_path: str, titl
     global figure state) and draws at most ~2000 points per line, so that a redraw costs ~0.1 s
     on the main thread however long the run.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter
-
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from torchbeast.core.scores import canonical_env_id
 from torchbeast.envs.memory_maze import NUM_ACTIONS
@@ -55,7 +55,3 @@ def check_trained_env(state: Dict[str, Any], env_id: str, path: str, allow_misma
     raise ConfigError(f"checkpoint {path} was trained on --env {trained}, not --env {env_id} "
                       f"(pass --env {trained}, or --allow_env_mismatch to use it on {env_id} anyway)")
 
-
-def existing_checkpoint(run_dir: str) -> Optional[str]:
-    path = os.path.join(run_dir, "model.tar")
-    return path if os.path.exists(path) else None

@@ -5,16 +5,23 @@ checkpoints) and polls the trainer's health checks (actor processes, the actor p
 threads, env servers) until the run stops for one `StopReason`: finished (--total_steps reached),
 interrupted (Ctrl-C, SIGTERM) or failed (what failed, and where). Whatever the reason, it then
 releases the workers, joins the learner threads, saves a checkpoint and closes the outputs.
+
+Stop signals: inside `stop_signals_as_interrupt()` the first SIGINT or SIGTERM raises
+KeyboardInterrupt in the main thread; from then on (and from the moment `run_learner` starts
+shutting down for any reason) further ones are ignored, so a double Ctrl-C, or `timeout` signalling
+the process and then its group, cannot break the final checkpoint or the stopping of children.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
+import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Tuple
 
 from torchbeast.errors import ConfigError
 
@@ -34,6 +41,7 @@ class StopReason:
     outcome: Outcome
     detail: str
     config_error: bool = False  # a failure caused by bad input (exit status 2 rather than 1)
+    signum: int = 0  # the signal behind an interrupted run (exit status 128 + signum)
     error: Optional[BaseException] = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -41,8 +49,11 @@ class StopReason:
         return cls(Outcome.FINISHED, detail)
 
     @classmethod
-    def interrupted(cls, detail: str) -> "StopReason":
-        return cls(Outcome.INTERRUPTED, detail)
+    def interrupted(cls, detail: str, signum: Optional[int] = None) -> "StopReason":
+        """Stopped by a signal; without `signum`, SIGTERM when `detail` starts with it, else SIGINT."""
+        if signum is None:
+            signum = signal.SIGTERM if detail.startswith("SIGTERM") else signal.SIGINT
+        return cls(Outcome.INTERRUPTED, detail, signum=int(signum))
 
     @classmethod
     def failed(cls, detail: str, error: Optional[BaseException] = None) -> "StopReason":
@@ -52,13 +63,57 @@ class StopReason:
         return f"{self.outcome.value}: {self.detail}"
 
 
+class RunFailure(RuntimeError):
+    """A failure that its message says all about (no traceback), e.g. a diverged model."""
+
+
 # A health check returns the reason to stop when something the run depends on has failed, else None.
 HealthCheck = Callable[[], Optional[StopReason]]
 
 
+_SIGNAL_DETAILS = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
+
+
 def interrupt_detail(interrupt: KeyboardInterrupt) -> str:
-    """The signal behind a KeyboardInterrupt (`cli.sigterm_as_interrupt` raises one saying 'SIGTERM')."""
-    return str(interrupt) or "SIGINT (Ctrl-C)"
+    """The signal behind a KeyboardInterrupt (`stop_signals_as_interrupt` raises one naming it)."""
+    return str(interrupt) or _SIGNAL_DETAILS[signal.SIGINT]
+
+
+# Set by the first stop signal, or when a run starts stopping: later signals are then ignored.
+_shutting_down = threading.Event()
+
+
+def begin_shutdown() -> None:
+    """From now on SIGINT and SIGTERM are ignored (inside `stop_signals_as_interrupt`): what is
+    left to do (the checkpoint, stopping children) must not be cut short by a second signal."""
+    _shutting_down.set()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if _shutting_down.is_set():
+        name = signal.Signals(signum).name
+        os.write(2, f"[{name} ignored: already stopping, saving and stopping the workers]\n".encode())
+        return
+    _shutting_down.set()
+    raise KeyboardInterrupt(_SIGNAL_DETAILS[signal.Signals(signum)])
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupt() -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM (kill, Slurm, Kubernetes) raise KeyboardInterrupt once, in the
+    main thread; further ones, and any during a run's shutdown, are ignored. A SIGINT that is
+    already ignored (a run started in the background by a shell) stays ignored."""
+    _shutting_down.clear()
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNAL_DETAILS}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN or signum == signal.SIGTERM:
+            signal.signal(signum, _interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        _shutting_down.clear()
 
 
 class WatchedThread:
@@ -90,6 +145,8 @@ class WatchedThread:
             return None
         if isinstance(self.error, ConfigError):
             return StopReason.failed(str(self.error), self.error)
+        if isinstance(self.error, RunFailure):
+            return StopReason.failed(f"{self.name}: {self.error}")
         message = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
         return StopReason.failed(f"{self.name} failed: {type(self.error).__name__}: {message}", self.error)
 
@@ -116,13 +173,14 @@ def exited_processes(processes: Sequence[Tuple[str, Any]], grace_s: float = 0.0)
             if process.is_alive():
                 continue
             if now - first_seen_dead.setdefault(label, now) >= grace_s:
-                return StopReason.failed(f"{label} exited with code {_exit_code_text(process.exitcode)}")
+                return StopReason.failed(f"{label} exited with code {exit_code_text(process.exitcode)}")
         return None
 
     return check
 
 
-def _exit_code_text(code: Optional[int]) -> str:
+def exit_code_text(code: Optional[int]) -> str:
+    """A process's exit code in words: '1', or '-9 (SIGKILL)' when a signal ended it."""
     if code is not None and code < 0:
         try:
             return f"{code} ({signal.Signals(-code).name})"
@@ -140,7 +198,7 @@ class Learning(Protocol):
     @property
     def done(self) -> bool: ...
 
-    def save(self) -> None: ...
+    def save(self) -> Optional[bool]: ...  # False: deliberately not saved (it says why)
 
     def close(self) -> None: ...
 
@@ -164,7 +222,8 @@ def run_learner(
     `learn` takes batches and updates until `stop` is set or `state.done`. `release` is called
     once when the run stops, before the learner threads are joined: it wakes whatever they may
     be blocked on (closes queues, stops the actor pool). Ctrl-C and SIGTERM reach this loop as
-    KeyboardInterrupt, in the main thread.
+    KeyboardInterrupt, in the main thread; once the run stops, further signals are ignored
+    (`begin_shutdown`) until the process exits or `stop_signals_as_interrupt` ends.
     """
     stop = threading.Event()
     learners = [WatchedThread(f"learner-{i}", learn, stop) for i in range(num_learner_threads)]
@@ -183,8 +242,10 @@ def run_learner(
             if reason is None:
                 reporter.tick()
     except KeyboardInterrupt as interrupt:
-        reason = StopReason.interrupted(interrupt_detail(interrupt))
+        if reason is None:  # a signal just after the run finished or failed does not change why
+            reason = StopReason.interrupted(interrupt_detail(interrupt))
     finally:
+        begin_shutdown()
         stop.set()
         try:
             release()
@@ -192,7 +253,7 @@ def run_learner(
             for thread in learners:
                 thread.join(timeout=join_timeout_s)
             try:
-                state.save()
+                saved = state.save()
             finally:
                 state.close()
     if reason.outcome is Outcome.FAILED and reason.error is not None and not reason.config_error:
@@ -200,8 +261,9 @@ def run_learner(
     elapsed = time.monotonic() - start_time
     steps = state.step - start_step
     level = logging.ERROR if reason.outcome is Outcome.FAILED else logging.INFO
-    log.log(level, "Stopped (%s). Trained %d steps in %.0f s (%.1f SPS), to step %d; checkpoint saved.",
-            reason, steps, elapsed, steps / max(elapsed, 1e-9), state.step)
+    log.log(level, "Stopped (%s). Trained %d steps in %.0f s (%.1f SPS), to step %d; %s.",
+            reason, steps, elapsed, steps / max(elapsed, 1e-9), state.step,
+            "checkpoint not saved" if saved is False else "checkpoint saved")
     return reason
 
 

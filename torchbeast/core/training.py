@@ -2,7 +2,11 @@
 
 `LearnerState` owns the learner model, the optimiser and LR schedule, the step count and the
 run's outputs (logs.csv, TensorBoard, meta.json, checkpoints, learning curve). It resumes from
-SAVEDIR/XPID/model.tar when one exists. `learn()` is safe to call from several learner threads:
+SAVEDIR/XPID/model.tar (or model.prev.tar when that is unreadable) when one exists: model,
+optimiser, schedule, step and the learner process's RNG states, with logs.csv (and so the learning
+curve and TensorBoard) cut back to the checkpoint's step. An update with a non-finite loss or
+gradient norm is skipped; --max_nonfinite_updates of them in a row stop the run, keeping the last
+checkpoint as it is. `learn()` is safe to call from several learner threads:
 updates are serialised, and `after_update` runs under the same lock (e.g. to copy the new
 weights to the actors' model). `Reporter` prints the progress lines, redraws the learning curve
 and writes the periodic checkpoints, from the supervising loop (`torchbeast.core.supervisor`).
@@ -13,27 +17,58 @@ import argparse
 import collections
 import logging
 import os
+import random
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
-from torchbeast.core.checkpoint import load_checkpoint, save_checkpoint
+from torchbeast.core.checkpoint import load_latest_checkpoint, remove_temporary_files, save_checkpoint
 from torchbeast.core.learner import UpdateConfig, learn_step, make_optimizer
-from torchbeast.core.run_outputs import RunLogger, plot_learning_curve, read_curve, write_meta
+from torchbeast.core.run_outputs import RunLogger, plot_learning_curve, read_curve, trim_log, write_meta
 from torchbeast.core.runs import (
     build_model,
     check_resume_compatible,
     check_trained_env,
     default_xpid,
-    existing_checkpoint,
     model_config,
     train_run_dir,
 )
+from torchbeast.core.supervisor import RunFailure
 from torchbeast.models import AgentState, MemoryAgent
 
 log = logging.getLogger("torchbeast")
+
+
+class NonFiniteUpdates(RunFailure):
+    """--max_nonfinite_updates updates in a row had a non-finite loss or gradient norm."""
+
+
+def rng_states() -> Dict[str, Any]:
+    """This process's random number generators (torch, CUDA, NumPy, Python), in a form a
+    `weights_only` checkpoint load accepts (tensors, numbers, lists)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        numpy=dict(name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                   has_gauss=int(has_gauss), cached_gaussian=float(cached_gaussian)),
+        python=[version, list(internal), gauss_next],
+    )
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 class LearnerState:
@@ -59,26 +94,38 @@ class LearnerState:
         self.recent_returns: Deque[float] = collections.deque(maxlen=100)
         self.last_stats: Dict[str, Any] = {}
         self.lock = threading.Lock()
+        self.max_nonfinite_updates: int = getattr(flags, "max_nonfinite_updates", 10)
+        self.nonfinite_in_a_row = 0
+        self.diverged = False  # stopped by non-finite updates: the checkpoint on disk is kept
+        self.saved_step: Optional[int] = None  # the step of the checkpoint on disk
+        remove_temporary_files(self.run_dir)
         self._resume()
         write_meta(self.run_dir, vars(flags),
                    extra=dict(resumed_from_step=self.step, device=str(device), **(meta or {})))
-        self.logger = RunLogger(self.run_dir)
+        csv_path = os.path.join(self.run_dir, "logs.csv")
+        removed = trim_log(csv_path, self.step)  # rows after the checkpoint are logged again
+        if removed:
+            log.info("Removed %d row(s) after step %d from %s: they are learned again", removed, self.step, csv_path)
+        # TensorBoard hides the events after the checkpoint's step the same way.
+        self.logger = RunLogger(self.run_dir, purge_step=self.step + 1 if removed else None)
         # (step, mean episode return) of each update where an episode ended: the learning curve.
         self.curve: List[Tuple[int, float]] = read_curve(self.logger.csv_path)
         self._sps_clock = (time.monotonic(), self.step)
 
     def _resume(self) -> None:
-        path = existing_checkpoint(self.run_dir)
-        if path is None:
+        latest = load_latest_checkpoint(self.checkpoint_path)
+        if latest is None:
             return
-        state = load_checkpoint(path)
+        path, state = latest
         check_resume_compatible(state["model_config"], self.model_config, path)
         check_trained_env(state, self.flags.env, path, self.flags.allow_env_mismatch)
         self.model.load_state_dict(state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         self.recent_returns.extend(state.get("recent_returns", []))
+        if "rng_states" in state:  # checkpoints before RNG states were saved resume without them
+            set_rng_states(state["rng_states"])
         log.info("Resuming %s from step %d", path, self.step)
 
     @property
@@ -113,12 +160,28 @@ class LearnerState:
                 return None
             stats = learn_step(self.update_config, self.model, batch, initial_agent_state, self.optimizer,
                                self.scheduler)
+            if stats.get("skipped"):
+                self._skipped(stats)
+                return stats
+            self.nonfinite_in_a_row = 0
             if after_update is not None:
                 after_update()
             T, B = batch["done"].shape
             self.step += (T - 1) * B
             self._record(stats)
         return stats
+
+    def _skipped(self, stats: Dict[str, Any]) -> None:
+        self.nonfinite_in_a_row += 1
+        log.warning("Update at step %d skipped: non-finite loss (%s) or gradient norm (%s); %d in a row, the "
+                    "run stops at --max_nonfinite_updates %d", self.step, stats["total_loss"], stats["grad_norm"],
+                    self.nonfinite_in_a_row, self.max_nonfinite_updates)
+        if self.nonfinite_in_a_row >= self.max_nonfinite_updates:
+            self.diverged = True
+            kept = (f"the checkpoint of step {self.saved_step} is kept" if self.saved_step is not None
+                    else "no checkpoint was saved")
+            raise NonFiniteUpdates(f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or gradient "
+                                   f"norm (at step {self.step}); {kept}")
 
     def _record(self, stats: Dict[str, Any]) -> None:
         returns = stats["episode_returns"]
@@ -138,9 +201,16 @@ class LearnerState:
         if returns:
             self.curve.append((self.step, row["mean_episode_return"]))
 
-    def save(self) -> None:
-        """Writes the checkpoint, then redraws the learning curve."""
+    def save(self) -> bool:
+        """Writes the checkpoint, then redraws the learning curve; False (saying why) when the
+        model diverged, which leaves the last good checkpoint in place."""
         with self.lock:
+            if self.diverged or not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                self.diverged = True
+                log.error("Not saving a checkpoint: the model diverged (non-finite updates or weights); %s",
+                          f"{self.checkpoint_path} keeps step {self.saved_step}" if self.saved_step is not None
+                          else "no checkpoint was saved")
+                return False
             save_checkpoint(self.checkpoint_path, dict(
                 model_state_dict=self.model.state_dict(),
                 optimizer_state_dict=self.optimizer.state_dict(),
@@ -149,9 +219,12 @@ class LearnerState:
                 step=self.step,
                 flags=vars(self.flags),
                 recent_returns=list(self.recent_returns),
+                rng_states=rng_states(),
             ))
+            self.saved_step = self.step
         log.info("Saved checkpoint %s at step %d", self.checkpoint_path, self.step)
         self.draw_learning_curve()
+        return True
 
     def draw_learning_curve(self) -> None:
         """Redraws learning_curve.png (outside the lock: the learner threads go on meanwhile)."""

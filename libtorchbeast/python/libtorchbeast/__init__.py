@@ -30,6 +30,7 @@ from libtorchbeast._C import (
     ClosedError,
     DynamicBatcher,
     EnvError,
+    PeerError,
     RpcError,
 )
 from torchbeast.core.episodes import EpisodeStream
@@ -43,6 +44,7 @@ __all__ = [
     "ClosedError",
     "DynamicBatcher",
     "EnvError",
+    "PeerError",
     "ROLLOUT_STEP_KEYS",
     "RpcError",
     "STEP_INPUT_KEYS",
@@ -71,12 +73,14 @@ class Server:
     Errors raised by the env or the factory end that stream with a gRPC status carrying the
     error message (the actor pool raises it as ``EnvError``); other streams go on.
     ``address``: ``"unix:/path/to/socket"`` or ``"host:port"`` (port 0 picks a free port: see
-    ``port``). ``run()`` blocks until ``stop()``; ``start()`` returns once the server listens;
+    ``port``). ``max_streams``: streams served at a time (0: no limit); a further one ends at
+    once with RESOURCE_EXHAUSTED, before any env is made. A TCP port already served cannot be
+    bound. ``run()`` blocks until ``stop()``; ``start()`` returns once the server listens;
     all release the GIL.
     """
 
-    def __init__(self, env_factory: Callable[[], Any], address: str) -> None:
-        self._server = _C.Server(functools.partial(_episode_stream, env_factory), address)
+    def __init__(self, env_factory: Callable[[], Any], address: str, max_streams: int = 0) -> None:
+        self._server = _C.Server(functools.partial(_episode_stream, env_factory), address, max_streams=max_streams)
 
     def run(self) -> None:
         """Serves until stop() (from another thread). Raises RuntimeError if the address cannot be bound."""
