@@ -67,7 +67,8 @@ def add_env_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("environment")
     group.add_argument("--env", default=DEFAULT_ENV,
                        help="Gym id of the Memory Maze task, e.g. memory_maze:MemoryMaze-15x15-ExtraObs-v0; "
-                            "'torchbeast:CueMemory-v0' is a tiny memory task for tests. (default: %(default)s)")
+                            "'torchbeast:CueMemory-v0' (memory) and 'torchbeast:PositionTask-v0' (position; "
+                            "-ZeroPos-v0 zeroes the positions) are tiny tasks for tests. (default: %(default)s)")
     group.add_argument("--env_impl", default="fast", choices=["fast", "upstream"],
                        help="'fast': our trajectory-identical, faster step; 'upstream': memory-maze as "
                             "released. (default: %(default)s)")
