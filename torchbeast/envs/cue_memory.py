@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from torchbeast.envs.ids import extra_obs_shapes
 from torchbeast.envs.memory_maze import NUM_ACTIONS
 
 ENV_ID = "torchbeast:CueMemory-v0"
@@ -66,9 +67,8 @@ class CueMemoryEnv:
 
     @staticmethod
     def observation_shapes() -> Dict[str, Tuple[Tuple[int, ...], str]]:
-        """Key -> (shape, dtype name) of the observations, as `torchbeast.envs.observation_shapes`."""
-        return {"frame": ((3, 64, 64), "uint8"), "position": ((2,), "float32"), "heading": ((2,), "float32"),
-                "noisy_position": ((2,), "float32")}
+        """Key -> (shape, dtype name) of the observations."""
+        return extra_obs_shapes()
 
     def reset(self, seed: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         if seed is not None:

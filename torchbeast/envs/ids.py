@@ -85,3 +85,8 @@ def observation_shapes(env_id: str) -> Dict[str, Tuple[Tuple[int, ...], str]]:
             "noisy_position": ((2,), "float32"),
         })
     return shapes
+
+
+def extra_obs_shapes() -> Dict[str, Tuple[Tuple[int, ...], str]]:
+    """The observations of a 64x64 ExtraObs maze; the test tasks give the same, so one agent plays all."""
+    return observation_shapes(f"{NAMESPACE}:MemoryMaze-9x9-ExtraObs-v0")
