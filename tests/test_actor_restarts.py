@@ -103,3 +103,15 @@ def test_an_actor_that_ended_by_itself_fails_the_run_after_its_grace_period(acto
     assert restarts() is None
     clock.now = 2.0
     assert restarts().detail.endswith("exited with code 0")
+
+
+def test_restarted_actors_and_resumed_runs_do_not_replay_the_mazes():
+    from torchbeast.monobeast import actor_seed
+
+    first = [actor_seed(1, i, 0, 0) for i in range(3)]
+    assert first == [1000, 1001, 1002]  # a fresh run keeps its seeds
+    restarted = actor_seed(1, 0, 1, 0)
+    resumed = actor_seed(1, 0, 0, 64_000)
+    assert len({*first, restarted, resumed, actor_seed(1, 0, 2, 0), actor_seed(2, 0, 1, 0)}) == 7
+    assert actor_seed(1, 0, 1, 0) == restarted  # still repeatable
+    assert actor_seed(None, 0, 3, 10) is None

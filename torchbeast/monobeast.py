@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
+import numpy as np
 import torch
 import torch.multiprocessing as mp
 
@@ -65,6 +66,7 @@ def act(
     model: torch.nn.Module,
     buffers: Buffers,
     initial_agent_state_buffers: List[List[torch.Tensor]],
+    seed: Optional[int] = None,
 ) -> None:
     """Actor process: fills free buffers with rollouts until it is sent None."""
     _die_with_parent()  # SIGINT is ignored (children_ignore_sigint): the learner stops us
@@ -72,7 +74,6 @@ def act(
     logging.basicConfig(format="[%(levelname)s %(asctime)s actor] %(message)s", level=logging.INFO)
     logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
-    seed = None if flags.seed is None else flags.seed * 1000 + actor_index
     if seed is not None:
         torch.manual_seed(seed)
     try:
@@ -128,6 +129,16 @@ def _write_row(buffers: Buffers, index: int, t: int, step: Dict[str, Any], outpu
         for key, value in source.items():
             if key in buffers:
                 buffers[key][index][t, ...] = value
+
+
+def actor_seed(seed: Optional[int], actor_index: int, start: int, start_step: int) -> Optional[int]:
+    """The seed of an actor's mazes, noise and actions: a restarted actor (`start` > 0) or a resumed
+    run (`start_step` > 0) does not replay the mazes of an earlier start."""
+    if seed is None:
+        return None
+    if start == 0 and start_step == 0:
+        return seed * 1000 + actor_index
+    return int(np.random.SeedSequence([seed, actor_index, start, start_step]).generate_state(1)[0])
 
 
 class ActorError(NamedTuple):
@@ -330,10 +341,14 @@ def train(flags: argparse.Namespace) -> StopReason:
                                    for _ in range(flags.num_buffers)]
     channels = ActorChannels(ctx, flags.num_actors)
 
+    starts = collections.Counter()
+
     def start_actor(i: int, free_queue: Any, full_queue: FullQueueEnd) -> Any:
+        seed = actor_seed(flags.seed, i, starts[i], state.step)
+        starts[i] += 1
         with children_ignore_sigint():
             actor = ctx.Process(target=act, name=f"actor-{i}", daemon=True, args=(
-                flags, i, free_queue, full_queue, actor_model, buffers, initial_agent_state_buffers))
+                flags, i, free_queue, full_queue, actor_model, buffers, initial_agent_state_buffers, seed))
             actor.start()
         return actor
 
