@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import children_ignore_sigint, exit_now, run_command, setup_logging
+from torchbeast.core.cli import children_ignore_sigint, exit_now, quiet_env_logging, run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.environment import Environment, create_env
 from torchbeast.core.evaluate import test
@@ -72,8 +72,7 @@ def act(
     _die_with_parent()  # SIGINT is ignored (children_ignore_sigint): the learner stops us
     torch.set_num_threads(1)
     logging.basicConfig(format="[%(levelname)s %(asctime)s actor] %(message)s", level=logging.INFO)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
-    logging.getLogger("OpenGL").setLevel(logging.WARNING)
+    quiet_env_logging()
     if seed is not None:
         torch.manual_seed(seed)
     try:

@@ -28,7 +28,7 @@ import time
 from typing import Any, Callable, List, Optional
 
 from torchbeast.core import flags as flags_lib
-from torchbeast.core.cli import children_ignore_sigint, exit_now, run_command, setup_logging
+from torchbeast.core.cli import children_ignore_sigint, exit_now, quiet_env_logging, run_command, setup_logging
 from torchbeast.core.environment import create_env
 from torchbeast.core.supervisor import HealthCheck, Outcome, StopReason, exited_processes, interrupt_detail
 from torchbeast.errors import ConfigError
@@ -90,8 +90,7 @@ def serve(spec: EnvSpec, server_index: int, address: str) -> None:
     from libtorchbeast import Server
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    logging.getLogger("absl").setLevel(logging.ERROR)  # dm_control's per-reset "Cannot set velocity"
-    logging.getLogger("OpenGL").setLevel(logging.WARNING)
+    quiet_env_logging()
     claim_address(address)
     server = Server(env_factory(spec, server_index), address, max_streams=spec.max_streams)
     stop = threading.Event()

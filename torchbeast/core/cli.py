@@ -20,6 +20,13 @@ from torchbeast.core.supervisor import Outcome, StopReason, interrupt_detail, st
 from torchbeast.errors import ConfigError
 
 
+def quiet_env_logging() -> None:
+    """For processes that step Memory Maze: drops dm_control's per-reset "Cannot set velocity"
+    warning and PyOpenGL's info lines."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)
+
+
 def setup_logging() -> None:
     logging.basicConfig(format="[%(levelname)s %(asctime)s] %(message)s", level=logging.INFO)
 

@@ -17,7 +17,7 @@ from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 
-from torchbeast.core.cli import children_ignore_sigint
+from torchbeast.core.cli import children_ignore_sigint, quiet_env_logging
 from torchbeast.core.play import AgentPolicy, Policy, RandomPolicy, load_agent, play_episode
 
 
@@ -67,6 +67,7 @@ def run_task(task: EpisodeTask) -> EpisodeResult:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    quiet_env_logging()
 
 
 @contextlib.contextmanager
