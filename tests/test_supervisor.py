@@ -147,10 +147,12 @@ def test_learner_failures_come_before_health_checks():
 
 @pytest.fixture
 def python_sigint_handler():
-    """Python's own Ctrl-C handler, also where a shell started the tests with SIGINT ignored."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Python's own Ctrl-C handler, also where a shell started the tests with SIGINT ignored; both
+    stop signals' handlers are put back afterwards (after a stop signal they stay ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler), signal.getsignal(signal.SIGTERM)
     yield
-    signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, previous[0])
+    signal.signal(signal.SIGTERM, previous[1])
 
 
 @pytest.mark.parametrize("signum,detail,status", [(signal.SIGTERM, "SIGTERM", 143),
@@ -196,6 +198,14 @@ def test_a_signal_while_a_finished_run_saves_does_not_change_why_it_stopped(pyth
         reason = run(state, learn_steps(state))
     assert reason.outcome is Outcome.FINISHED and state.calls == ["save", "close"]
     assert cli.exit_status(reason) == 0
+
+
+def test_handlers_stay_ignored_after_a_stop_signal(python_sigint_handler):
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+    assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def test_handlers_are_restored_after_the_run(python_sigint_handler):

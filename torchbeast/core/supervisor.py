@@ -81,6 +81,7 @@ def interrupt_detail(interrupt: KeyboardInterrupt) -> str:
 
 # Set by the first stop signal, or when a run starts stopping: later signals are then ignored.
 _shutting_down = threading.Event()
+_interrupted = threading.Event()  # a stop signal arrived: the command ends with its exit status
 
 
 def begin_shutdown() -> None:
@@ -95,6 +96,7 @@ def _interrupt(signum: int, frame: object) -> None:
         os.write(2, f"[{name} ignored: already stopping, saving and stopping the workers]\n".encode())
         return
     _shutting_down.set()
+    _interrupted.set()
     raise KeyboardInterrupt(_SIGNAL_DETAILS[signal.Signals(signum)])
 
 
@@ -102,8 +104,11 @@ def _interrupt(signum: int, frame: object) -> None:
 def stop_signals_as_interrupt() -> Iterator[None]:
     """SIGINT (Ctrl-C) and SIGTERM (kill, Slurm, Kubernetes) raise KeyboardInterrupt once, in the
     main thread; further ones, and any during a run's shutdown, are ignored. A SIGINT that is
-    already ignored (a run started in the background by a shell) stays ignored."""
+    already ignored (a run started in the background by a shell) stays ignored. After a stop
+    signal the command is ending with that signal's exit status: further ones stay ignored
+    instead of the previous handlers (the default one kills the process) coming back."""
     _shutting_down.clear()
+    _interrupted.clear()
     previous = {signum: signal.getsignal(signum) for signum in _SIGNAL_DETAILS}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN or signum == signal.SIGTERM:
@@ -112,6 +117,8 @@ def stop_signals_as_interrupt() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
+            if _interrupted.is_set():
+                handler = signal.SIG_IGN
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         _shutting_down.clear()
 
