@@ -170,10 +170,8 @@ def get_batch(
                 item = full_queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            if isinstance(item, ActorError):
-                if item.is_config_error:
-                    raise ConfigError(item.message.split(": ", 1)[1])
-                raise RuntimeError(f"actor {item.actor_index} failed: {item.message}")
+            if isinstance(item, ActorError):  # only bad input reaches here (ActorChannels.get)
+                raise ConfigError(item.message.split(": ", 1)[1])
             indices.append(item)
     batch = {key: torch.stack([buffers[key][m] for m in indices], dim=1) for key in buffers}
     initial_agent_state = tuple(

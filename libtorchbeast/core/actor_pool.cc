@@ -240,13 +240,16 @@ void ActorPool::Arm(std::size_t index) {
   if (wake) watchdog_cv_.notify_all();
 }
 
+void ActorPool::DisarmLocked(ActorState* actor) {
+  if (!actor->deadline) return;
+  actor->deadline.reset();
+  --armed_;
+}
+
 void ActorPool::Delivered(std::size_t index) {
   std::lock_guard<std::mutex> lock(mu_);
   ActorState& actor = actors_[index];
-  if (actor.deadline) {
-    actor.deadline.reset();
-    --armed_;
-  }
+  DisarmLocked(&actor);
   actor.connected = true;
   actor.ever_connected = true;
   actor.last_step = Clock::now();
@@ -255,10 +258,7 @@ void ActorPool::Delivered(std::size_t index) {
 void ActorPool::Disconnected(std::size_t index, const std::string& problem, bool dropped) {
   std::lock_guard<std::mutex> lock(mu_);
   ActorState& actor = actors_[index];
-  if (actor.deadline) {
-    actor.deadline.reset();
-    --armed_;
-  }
+  DisarmLocked(&actor);
   actor.connected = false;
   actor.last_problem = problem;
   if (dropped) ++actor.drops;
@@ -275,8 +275,7 @@ void ActorPool::Watchdog() {
       ActorState& actor = actors_[i];
       if (!actor.deadline) continue;
       if (*actor.deadline <= now) {
-        actor.deadline.reset();
-        --armed_;
+        DisarmLocked(&actor);
         // The actor's Connect() or Step() throws PeerError(reason); it logs and retries.
         if (clients_[i]) clients_[i]->Expire(reason);
       } else {

@@ -174,6 +174,8 @@ class ActorPool {
     int64_t drops = 0;
     std::string last_problem;
   };
+  // Clears `actor`'s deadline, if armed (mu_ held).
+  void DisarmLocked(ActorState* actor);
   std::vector<ActorState> actors_ /* GUARDED_BY(mu_) */;
   int64_t armed_ /* GUARDED_BY(mu_) */ = 0;  // Actors with a deadline.
   std::condition_variable watchdog_cv_;      // Signalled when the first deadline is armed and on Stop().
