@@ -51,7 +51,14 @@ def kill_a_child_after_first_progress_line(module, *args, timeout=120):
     import psutil
 
     proc, lines = start_until_first_progress_line(module, *args, timeout=timeout)
-    children = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    try:
+        children = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    except psutil.Error:  # the run ended before its children could be listed
+        children = []
+    if not children:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = "".join(lines) + proc.communicate(timeout=60)[0]
+        raise AssertionError(f"no child process left to kill (exit {proc.returncode}); output:\n{output}")
     victim = children[-1].pid
     return proc, finish(proc, lines, lambda: os.kill(victim, signal.SIGKILL)), victim
 

@@ -203,13 +203,13 @@ def test_ctrl_c_saves_and_leaves_no_process(tmp_path):
 
 def test_a_killed_actor_is_restarted_and_the_run_goes_on(tmp_path):
     proc, output, pid = kill_a_child_after_first_progress_line(
-        "torchbeast.monobeast", "--env", CUE, "--total_steps", 2000, "--savedir", tmp_path, "--xpid", "kill",
+        "torchbeast.monobeast", "--env", CUE, "--total_steps", 8000, "--savedir", tmp_path, "--xpid", "kill",
         *FAST)
     assert proc.returncode == 0, output
     restarted = rf"actor \d \(pid {pid}\) exited with code -9 \(SIGKILL\); restarted it as pid \d+"
     assert re.search(restarted, output), output
     assert "Traceback" not in output
-    assert load_checkpoint(str(tmp_path / "kill" / "model.tar"))["step"] >= 2000
+    assert load_checkpoint(str(tmp_path / "kill" / "model.tar"))["step"] >= 8000
     assert_no_process_left(proc.pid)
 
 
