@@ -27,4 +27,4 @@ ctest --test-dir "$build_dir" --output-on-failure -j2
 
 echo "[test] Python tests"
 export MUJOCO_GL="${MUJOCO_GL:-osmesa}"
-python -m pytest "$@"
+python -m pytest --durations=25 "$@"
