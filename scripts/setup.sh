@@ -12,10 +12,13 @@ TB_EXTRAS="${TB_EXTRAS:-test}"
 TB_CPP_TESTS="${TB_CPP_TESTS:-ON}"
 
 # Debian/Ubuntu packages: compilers, gRPC/protobuf/GoogleTest for the C++ core, headless GL for
-# MuJoCo (EGL on GPUs, OSMesa on CPUs), ffmpeg for videos, clang-format for ./test.sh's style check.
+# MuJoCo (EGL on GPUs, OSMesa on CPUs), ffmpeg for videos, clang-format for ./test.sh's style check,
+# clang with libFuzzer and the sanitizer runtimes for the fuzz target (fuzz/, tests/test_fuzz.py).
 TB_APT_PACKAGES="build-essential cmake ninja-build pkg-config python3-venv python3-dev clang-format
+  clang-14 libclang-rt-14-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libgtest-dev
-  libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 ffmpeg"
+  libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 ffmpeg
+  openssl iproute2"  # certificates for mutual TLS (scripts/make_certs.sh); network namespaces for multi-host tests
 
 tb_log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -62,9 +65,10 @@ tb_setup_venv() {
     tb_log "installing torch==2.13.0"
     pip install -q "torch==2.13.0" || return 1
   fi
-  # Build requirements live in the venv so rebuilds need no isolated build environment.
-  python -c "import scikit_build_core, pybind11" >/dev/null 2>&1 ||
-    pip install -q "scikit-build-core>=0.10" "pybind11>=2.10" || return 1
+  # Build requirements live in the venv so rebuilds need no isolated build environment. mujoco is
+  # one: envs_native compiles against the headers and libmujoco of the very mujoco it runs with.
+  python -c "import scikit_build_core, pybind11, mujoco" >/dev/null 2>&1 ||
+    pip install -q "scikit-build-core>=0.10" "pybind11>=2.10" "mujoco>=3.2,<4" || return 1
 }
 
 tb_build() {

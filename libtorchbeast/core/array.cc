@@ -187,6 +187,9 @@ Array Concatenate(const std::vector<const Array*>& arrays, int64_t dim) {
   std::vector<int64_t> shape = first.shape();
   shape[dim] = total;
   Array out(first.dtype(), std::move(shape));
+  // Nothing to copy: return before looping over `outer`, which a zero-sized array with a large
+  // leading dimension (from a peer) can make huge.
+  if (out.nbytes() == 0) return out;
   // Each array is `outer` chunks of shape[dim:] elements; the output interleaves the chunks.
   const int64_t outer = Product(first.shape(), 0, dim);
   const std::size_t item = ItemSize(first.dtype());

@@ -1,6 +1,9 @@
 #include "core/array_proto.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -9,6 +12,9 @@
 
 namespace torchbeast {
 namespace {
+
+// The largest message gRPC carries (its sizes are ints).
+constexpr int64_t kMaxMessageBytes = std::numeric_limits<int32_t>::max();
 
 std::vector<int64_t> ShapeOf(const rpcenv::NDArray& proto) {
   return std::vector<int64_t>(proto.shape().begin(), proto.shape().end());
@@ -22,12 +28,26 @@ DType CheckedDType(const rpcenv::NDArray& proto) {
 }
 
 // Checks the shape (no overflow, see NumBytes) and that `nbytes` matches it, before anything
-// is allocated: the shape comes from a peer.
+// is allocated: the shape comes from a peer. Its size with every zero dimension counted as 1
+// must also fit in a message: a zero-sized array with huge dimensions (say [0, 2^62]) would
+// otherwise pass, then overflow the shape arithmetic of its batches (the [T, B] dimensions,
+// strides) and be refused by NumPy.
 void CheckSize(DType dtype, const std::vector<int64_t>& shape, std::size_t nbytes) {
   const int64_t needed = NumBytes(dtype, shape);
   if (static_cast<uint64_t>(needed) != nbytes) {
     throw InvalidArgument("NDArray of dtype " + std::string(DTypeName(dtype)) + " and shape " + ShapeString(shape) +
                           " needs " + std::to_string(needed) + " bytes, got " + std::to_string(nbytes));
+  }
+  if (needed > 0) return;  // Then its bytes came in a message.
+  int64_t extent_bytes = static_cast<int64_t>(ItemSize(dtype));
+  bool too_big = false;
+  for (int64_t d : shape) {
+    if (!too_big && __builtin_mul_overflow(extent_bytes, std::max<int64_t>(d, 1), &extent_bytes)) too_big = true;
+  }
+  if (too_big || extent_bytes > kMaxMessageBytes) {
+    throw InvalidArgument("NDArray of dtype " + std::string(DTypeName(dtype)) + " and shape " + ShapeString(shape) +
+                          " is too big: with its zero dimensions counted as 1 it exceeds " +
+                          std::to_string(kMaxMessageBytes) + " bytes, the most a message carries");
   }
 }
 

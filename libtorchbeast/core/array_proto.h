@@ -8,8 +8,9 @@ namespace torchbeast {
 
 // Copies the array's bytes into `proto`.
 void ArrayToProto(const Array& array, rpcenv::NDArray* proto);
-// Copies the bytes out of `proto`. Throws InvalidArgument for an unknown dtype or a byte count
-// that does not match the shape.
+// Copies the bytes out of `proto`. Throws InvalidArgument for an unknown dtype, a byte count
+// that does not match the shape, or a zero-sized shape that would be bigger than a message
+// (2^31 - 1 bytes) with its zero dimensions counted as 1.
 Array ArrayFromProto(const rpcenv::NDArray& proto);
 // Takes the bytes out of `proto` without copying them (the Array keeps them alive).
 Array ArrayFromProto(rpcenv::NDArray* proto);

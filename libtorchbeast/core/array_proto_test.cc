@@ -87,6 +87,41 @@ TEST(ArrayProtoTest, OverflowingShapesAreInvalidArgument) {
   expect_invalid({0, int64_t{1} << 62}, DType::kFloat64, "needs 0 bytes, got 4");
 }
 
+// Found by the fuzz target (fuzz/corpus/seed-bad-zero-size-huge-dims, regression-*): a zero-sized
+// array with huge dimensions decoded, then overflowed Split's strides (UBSan) and Concatenate's
+// sizes; NumPy refuses such shapes too. With its zero dimensions counted as 1 an array must fit
+// in a message.
+TEST(ArrayProtoTest, ZeroSizedShapesBiggerThanAMessageAreInvalidArgument) {
+  auto decode = [](std::vector<int64_t> shape, DType dtype) {
+    rpcenv::NDArray proto;
+    proto.set_dtype(static_cast<rpcenv::DType>(dtype));
+    proto.mutable_shape()->Assign(shape.begin(), shape.end());
+    Array copied = ArrayFromProto(proto);
+    Array moved = ArrayFromProto(&proto);
+    EXPECT_TRUE(copied.Equals(moved));
+    return copied;
+  };
+  auto expect_too_big = [&decode](std::vector<int64_t> shape, DType dtype) {
+    try {
+      decode(shape, dtype);
+      ADD_FAILURE() << "expected InvalidArgument for " << ShapeString(shape);
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("is too big: with its zero dimensions counted as 1"), std::string::npos)
+          << e.what();
+    }
+  };
+  const int64_t big = int64_t{1} << 62;
+  expect_too_big({0, big, big}, DType::kFloat32);  // 2^124 elements without the zero.
+  expect_too_big({big, 0, big}, DType::kUInt8);
+  expect_too_big({0, big}, DType::kUInt8);
+  expect_too_big({int64_t{1} << 31, 0}, DType::kUInt8);
+  expect_too_big({0, int64_t{1} << 29}, DType::kFloat32);  // 2^31 bytes.
+  EXPECT_EQ(decode({0, (int64_t{1} << 31) - 1}, DType::kUInt8).shape(),
+            (std::vector<int64_t>{0, (int64_t{1} << 31) - 1}));
+  EXPECT_EQ(decode({3, 0, int64_t{1} << 20}, DType::kFloat64).numel(), 0);
+  EXPECT_EQ(decode({0}, DType::kInt64).nbytes(), 0u);
+}
+
 TEST(ArrayProtoTest, NestRoundTrip) {
   ArrayNest n(ArrayNest::Map{
       {"frame", Patterned(DType::kUInt8, {64, 64, 3})},

@@ -89,6 +89,15 @@ TEST(ArrayTest, ConcatenateAlongEveryDim) {
   EXPECT_EQ(Values(c1), (std::vector<int32_t>{0, 1, 10, 11, 2, 3, 12, 13}));
 }
 
+// Found by the fuzz target (fuzz/corpus/regression-zero-size-concatenate-slow): concatenating
+// zero-sized arrays looped over their leading dimensions, here 2^40 times.
+TEST(ArrayTest, ConcatenateZeroSizedArraysDoesNotLoopOverTheirLeadingDims) {
+  const Array a = Array::Zeros(DType::kUInt8, {int64_t{1} << 40, 0});
+  const Array out = Concatenate({&a, &a}, /*dim=*/1);
+  EXPECT_EQ(out.shape(), (std::vector<int64_t>{int64_t{1} << 40, 0}));
+  EXPECT_EQ(out.nbytes(), 0u);
+}
+
 TEST(ArrayTest, ConcatenateDifferentSizesAtDim) {
   Array a = Iota({1, 2, 2});
   Array b = Iota({1, 1, 2}, /*start=*/100);

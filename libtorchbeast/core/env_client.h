@@ -50,9 +50,12 @@ class EnvClient {
 
   const std::string& address() const { return address_; }
 
+  // Decodes a Step as received, taking its array bytes out of `step`. Throws PeerError saying
+  // what does not decode. Public for the fuzz target (fuzz/) and tests.
+  static EnvStep FromProto(rpcenv::Step* step);
+
  private:
   [[noreturn]] void ThrowStreamError();  // After a failed read or write.
-  static EnvStep FromProto(rpcenv::Step* step);
 
   const std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
