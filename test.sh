@@ -13,7 +13,7 @@ tb_setup
 echo "[test] style (ruff, clang-format)"
 ruff check --quiet .
 # shellcheck disable=SC2046
-clang-format --dry-run --Werror $(find nest libtorchbeast \( -name '*.cc' -o -name '*.h' \) -print)
+clang-format --dry-run --Werror $(find nest libtorchbeast envs_native \( -name '*.cc' -o -name '*.h' \) -print)
 
 build_dir="$(python - <<'PY'
 import glob, os

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from torchbeast.core.cli import run_command, setup_logging
 from torchbeast.core.episode_pool import EpisodeTask, play_episodes
 from torchbeast.core.evaluation_report import AgentResults, format_table, write_results
-from torchbeast.core.flags import OneLineErrorParser, str_to_bool
+from torchbeast.core.flags import ENV_IMPLS, OneLineErrorParser, str_to_bool
 from torchbeast.core.play import check_agent_fits_env, load_agent
 from torchbeast.core.scores import canonical_env_id
 from torchbeast.errors import ConfigError
@@ -50,8 +50,9 @@ def parser() -> OneLineErrorParser:
     p.add_argument("--max_steps", type=int, default=None,
                    help="Cut each episode after this many steps, for quick checks; the returns are then not "
                         "comparable to the published scores. (default: whole episodes)")
-    p.add_argument("--env_impl", default="fast", choices=["fast", "upstream"],
-                   help="Memory Maze step: 'fast' (trajectory-identical) or 'upstream'. (default: %(default)s)")
+    p.add_argument("--env_impl", default="fast", choices=list(ENV_IMPLS),
+                   help="Memory Maze step, all trajectory-identical: 'fast', 'fast_v1' (the earlier fast "
+                        "step) or 'upstream'. (default: %(default)s)")
     return p
 
 

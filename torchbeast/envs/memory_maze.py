@@ -11,9 +11,14 @@ Gymnasium API without depending on gymnasium:
 Memory Maze never terminates; an episode ends only at its time limit, which is reported as
 truncated=True, terminated=False (dm_env: a LAST step with a non-zero discount).
 
-`impl="fast"` (the default) installs `fast_path` on this env's own targets and cameras: same
-mazes, rewards and frames, about 2.5-5x the steps per second. `impl="upstream"` runs
-memory_maze and dm_control unchanged, for comparison.
+Three implementations, all with the same mazes, rewards, positions and frames for the same seeds
+and actions:
+- `impl="fast"` (the default): `native_path` resets and steps the env itself (physics substeps in
+  C++, rendering on the calling thread, textures uploaded once per env instead of once per
+  episode); about twice the whole-episode rate of fast_v1 (benchmarks/README.md).
+- `impl="fast_v1"`: the earlier fast path, `fast_path` installed on this env's own targets and
+  cameras inside dm_control's loop; pure Python, kept for comparison.
+- `impl="upstream"`: memory_maze and dm_control unchanged.
 
 Note on `gym.make('memory_maze:MemoryMaze-9x9-v0')`: it works in this environment, but gym
 0.26's default env checker crashes on the first step under NumPy 2 (`np.bool8`); pass
@@ -31,10 +36,11 @@ import numpy as np
 
 from torchbeast.envs.fast_path import FastPath, install_fast_path
 from torchbeast.envs.ids import MemoryMazeSpec, env_spec
+from torchbeast.envs.native_path import NativePath, NativePathUnavailable
 from torchbeast.envs.rendering import configure_rendering
 from torchbeast.errors import ConfigError
 
-IMPLS = ("fast", "upstream")
+IMPLS = ("fast", "fast_v1", "upstream")
 NUM_ACTIONS = 6  # noop, forward, left, right, forward+left, forward+right
 
 Observation = Dict[str, np.ndarray]
@@ -104,12 +110,19 @@ class MemoryMazeEnv:
         self.maze_layout: Optional[np.ndarray] = None
         self._dm_env: Any = None
         self._fast_path: Optional[FastPath] = None
+        self._native: Optional[NativePath] = None
         self._build(seed)
 
     def _build(self, seed: Optional[int]) -> None:
         self._close_dm_env()
         self._dm_env = _build_dm_env(self._spec, seed)
         if self.impl == "fast":
+            try:
+                self._native = NativePath(self._dm_env)
+            except NativePathUnavailable as e:
+                self._close_dm_env()
+                raise ConfigError(f"{self._spec.env_id}: {e}") from None
+        elif self.impl == "fast_v1":
             self._fast_path = install_fast_path(_composer_env(self._dm_env))
         # Separate from the maze's RandomState, so noise never changes the mazes.
         self._noise_rng = np.random.default_rng(seed)
@@ -120,7 +133,7 @@ class MemoryMazeEnv:
         """Start an episode. A seed rebuilds the env (about a second) so the maze sequence restarts."""
         if seed is not None:
             self._build(seed)
-        timestep = self._dm_env.reset()
+        timestep = self._native.reset() if self._native is not None else self._dm_env.reset()
         self._episode_over = False
         if self.has_positions:
             self.maze_layout = np.array(timestep.observation["maze_layout"], dtype=np.uint8)
@@ -132,7 +145,7 @@ class MemoryMazeEnv:
         action = int(action)
         if not 0 <= action < NUM_ACTIONS:
             raise ValueError(f"action must be in [0, {NUM_ACTIONS}), got {action}")
-        timestep = self._dm_env.step(action)
+        timestep = self._native.step(action) if self._native is not None else self._dm_env.step(action)
         terminated, truncated = episode_end(timestep)
         self._episode_over = terminated or truncated
         return self._observation(timestep.observation), float(timestep.reward), terminated, truncated, {}
@@ -151,6 +164,9 @@ class MemoryMazeEnv:
         return obs
 
     def _close_dm_env(self) -> None:
+        if self._native is not None:
+            self._native.close()
+            self._native = None
         if self._fast_path is not None:
             self._fast_path.close()
             self._fast_path = None
@@ -177,6 +193,7 @@ def make_env(env_id: str, *, seed: Optional[int] = None, pos_noise: float = 0.0,
     """Build the Memory Maze env `env_id` (any id in MEMORY_MAZE_IDS, prefix optional).
 
     `seed` fixes the mazes, spawn points, targets and position noise; `pos_noise` is the std of
-    the Gaussian noise in `noisy_position`, in maze cells; `impl` is "fast" or "upstream".
+    the Gaussian noise in `noisy_position`, in maze cells; `impl` is one of IMPLS ("fast",
+    "fast_v1", "upstream"; see the module docstring).
     """
     return MemoryMazeEnv(env_id, seed=seed, pos_noise=pos_noise, impl=impl)
