@@ -359,7 +359,7 @@ def test_stop_without_servers(tmp_path, capfd):
     "kwargs, message",
     [
         ({"unroll_length": 0}, "unroll_length"),
-        ({"env_server_addresses": []}, "no env server addresses"),
+        ({"env_server_addresses": [""]}, "an env server address is empty"),
         ({"initial_agent_state": np.zeros((1, 3))}, "size 1 at dim 1"),
         ({"initial_action": np.zeros(1)}, r"leading dims \[1, 1\]"),
     ],
@@ -444,8 +444,9 @@ def test_status_before_run():
                      env_server_addresses=["unix:/nowhere/a", "127.0.0.1:1"])
     assert pool.num_connected() == 0
     assert pool.status() == [
-        dict(address=a, connected=False, ever_connected=False, seconds_since_last_step=None, drops=0, last_problem="")
-        for a in ["unix:/nowhere/a", "127.0.0.1:1"]]
+        dict(index=i, address=a, connected=False, ever_connected=False, seconds_since_last_step=None, drops=0,
+             last_problem="", steps=0)
+        for i, a in enumerate(["unix:/nowhere/a", "127.0.0.1:1"])]
 
 
 @pytest.mark.parametrize("timeout", [-1.0, float("nan")])

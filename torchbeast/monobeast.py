@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import logging
 import multiprocessing.connection as mp_connection
 import queue
@@ -26,6 +25,7 @@ import torch
 import torch.multiprocessing as mp
 
 from torchbeast.core import flags as flags_lib
+from torchbeast.core.child_processes import die_with_parent
 from torchbeast.core.cli import children_ignore_sigint, exit_now, quiet_env_logging, run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.environment import Environment, create_env
@@ -49,15 +49,6 @@ def create_buffers(env_id: str, unroll_length: int, num_buffers: int) -> Buffers
     return buffers
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to end this actor if the learner process dies (no orphans after a kill -9)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def act(
     flags: argparse.Namespace,
     actor_index: int,
@@ -69,7 +60,9 @@ def act(
     seed: Optional[int] = None,
 ) -> None:
     """Actor process: fills free buffers with rollouts until it is sent None."""
-    _die_with_parent()  # SIGINT is ignored (children_ignore_sigint): the learner stops us
+    # SIGINT is ignored (children_ignore_sigint): the learner stops us, and if it dies (even by
+    # SIGKILL) so do we, at once: an actor has nothing to save.
+    die_with_parent(signal.SIGKILL)
     torch.set_num_threads(1)
     logging.basicConfig(format="[%(levelname)s %(asctime)s actor] %(message)s", level=logging.INFO)
     quiet_env_logging()

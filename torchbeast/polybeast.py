@@ -60,13 +60,14 @@ def make_parser() -> flags_lib.FlagParser:
 def train(flags: argparse.Namespace) -> StopReason:
     """Starts the servers, trains against them, and stops them (and removes their sockets)."""
     with contextlib.ExitStack() as cleanup:
-        pipes_basename = flags.pipes_basename
+        pipes_basename, socket_dir = flags.pipes_basename, None
         if pipes_basename is None:
             socket_dir = tempfile.mkdtemp(prefix="polybeast-")
             cleanup.callback(shutil.rmtree, socket_dir, ignore_errors=True)
             pipes_basename = f"unix:{socket_dir}/env"
         addresses = polybeast_env.unix_addresses(pipes_basename, flags.num_servers)
-        servers = polybeast_env.start_servers(polybeast_env.EnvSpec.from_flags(flags), addresses)
+        servers = polybeast_env.start_servers(polybeast_env.EnvSpec.from_flags(flags), addresses,
+                                              socket_folder=socket_dir)
         cleanup.callback(polybeast_env.stop_servers, servers)
         return polybeast_learner.train(flags, addresses,
                                        health_checks=[polybeast_env.servers_running(servers, addresses)])

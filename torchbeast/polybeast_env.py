@@ -6,9 +6,12 @@ env instance from the factory. Serve locally over unix sockets:
     python -m torchbeast.polybeast_env --num_servers 4 --pipes_basename unix:/tmp/polybeast \\
         --env memory_maze:MemoryMaze-9x9-ExtraObs-v0
 
-or to other hosts over TCP (server i listens on PORT + i):
+or to other hosts over TCP (server i listens on PORT + i), registering with the learner, which
+then connects to them without being told their addresses (--learner; see --advertise), over
+mutual TLS (see torchbeast/core/transport.py):
 
-    python -m torchbeast.polybeast_env --num_servers 16 --bind 0.0.0.0:4431 --env ...
+    python -m torchbeast.polybeast_env --num_servers 16 --bind 0.0.0.0:4431 --env ... \
+        --learner LEARNER_HOST:4400 --tls_cert host.crt --tls_key host.key --tls_ca ca.crt
 """
 from __future__ import annotations
 
@@ -28,9 +31,23 @@ import time
 from typing import Any, Callable, List, Optional
 
 from torchbeast.core import flags as flags_lib
+from torchbeast.core.child_processes import die_with_parent
 from torchbeast.core.cli import children_ignore_sigint, exit_now, quiet_env_logging, run_command, setup_logging
 from torchbeast.core.environment import create_env
 from torchbeast.core.supervisor import HealthCheck, Outcome, StopReason, exited_processes, interrupt_detail
+from torchbeast.core.transport import (
+    TlsPem,
+    add_tls_flags,
+    address_problem,
+    host_towards,
+    is_wildcard,
+    join_host_port,
+    load_tls,
+    plaintext_problem,
+    split_host_port,
+    tls_problems,
+    warn_if_insecure,
+)
 from torchbeast.errors import ConfigError
 
 log = logging.getLogger("torchbeast")
@@ -85,21 +102,46 @@ def env_factory(spec: EnvSpec, server_index: int) -> Callable[[], Any]:
     return make
 
 
-def serve(spec: EnvSpec, server_index: int, address: str) -> None:
-    """Process body: serve one address until SIGTERM."""
+@dataclasses.dataclass(frozen=True)
+class Transport:
+    """How a server process serves and registers (sent to each server process)."""
+
+    tls: Optional[TlsPem] = None  # mutual TLS over TCP; None: plaintext
+    learner: Optional[str] = None  # the learner's registry address (--learner)
+    advertised: Optional[str] = None  # this server's address as the learner reaches it
+
+
+def serve(spec: EnvSpec, server_index: int, address: str, socket_folder: Optional[str] = None,
+          transport: Transport = Transport()) -> None:
+    """Process body: serve one address until SIGTERM, which also comes when the process that
+    started this one dies (even by SIGKILL). On the way out the unix socket is removed, and
+    `socket_folder` too once empty (the last server out removes polybeast's temporary folder)."""
+    die_with_parent(signal.SIGTERM)
     from libtorchbeast import Server
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     quiet_env_logging()
     claim_address(address)
-    server = Server(env_factory(spec, server_index), address, max_streams=spec.max_streams)
+    tls = transport.tls.config() if transport.tls else None
+    server = Server(env_factory(spec, server_index), address, max_streams=spec.max_streams, tls=tls)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
+    registrar = None
+    if transport.learner:  # heartbeats until stopped; stop() tells the learner this server leaves
+        from libtorchbeast import Registrar
+
+        registrar = Registrar(transport.learner, [transport.advertised or address], tls=tls)
+        registrar.start()
     stop.wait()
+    if registrar is not None:
+        registrar.stop()
     server.stop()
     if address.startswith("unix:") and os.path.exists(address[len("unix:"):]):
         os.unlink(address[len("unix:"):])
+    if socket_folder is not None:
+        with contextlib.suppress(OSError):  # not empty yet (another server's socket), or already gone
+            os.rmdir(socket_folder)
     logging.shutdown()
     os._exit(0)  # skips the interpreter's teardown (seconds with torch and MuJoCo loaded): stops fast
 
@@ -143,13 +185,17 @@ def claim_address(address: str) -> None:
             raise ConfigError(f"{address}: {reason}") from None
 
 
-def start_servers(spec: EnvSpec, addresses: List[str]) -> List[Any]:
-    """Starts one server process per address (spawned: no inherited torch or GL state)."""
+def start_servers(spec: EnvSpec, addresses: List[str], socket_folder: Optional[str] = None,
+                  transports: Optional[List[Transport]] = None) -> List[Any]:
+    """Starts one server process per address (spawned: no inherited torch or GL state); they end
+    with this process. `socket_folder`: a folder of the sockets to remove when the servers end."""
     ctx = mp.get_context("spawn")
     processes = []
     with children_ignore_sigint():  # they stop on SIGTERM from stop_servers()
         for i, address in enumerate(addresses):
-            process = ctx.Process(target=serve, args=(spec, i, address), name=f"env-server-{i}", daemon=True)
+            transport = transports[i] if transports else Transport()
+            process = ctx.Process(target=serve, args=(spec, i, address, socket_folder, transport),
+                                  name=f"env-server-{i}", daemon=True)
             process.start()
             processes.append(process)
     return processes
@@ -187,6 +233,14 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_streams", type=int, default=1,
                        help="Actor streams each server process serves at a time (each has its own env, ~1 GB for "
                             "Memory Maze); a further one is refused with RESOURCE_EXHAUSTED. (default: %(default)s)")
+    group.add_argument("--learner", default=None, metavar="HOST:PORT",
+                       help="Register the servers with the learner's registry there (polybeast_learner "
+                            "--registry_bind), repeating it as a heartbeat: the learner connects to them at once, "
+                            "also mid-run, and finds them again after a restart.")
+    group.add_argument("--advertise", default=None, metavar="HOST",
+                       help="With --learner: the host (IP or name) the learner reaches these servers at. (default: "
+                            "the --bind host; for a wildcard --bind such as 0.0.0.0, this host's address on the route "
+                            "to the learner)")
 
 
 def server_problems(flags: argparse.Namespace) -> List[str]:
@@ -198,15 +252,37 @@ def server_problems(flags: argparse.Namespace) -> List[str]:
         server_addresses(flags.pipes_basename, flags.bind, flags.num_servers)
     except ConfigError as e:
         return [str(e)]
-    return []
+    problems = [plaintext_problem("--bind", flags.bind, flags)] if flags.bind else []
+    if flags.learner is not None:
+        problems.append(address_problem(flags.learner, "--learner") or plaintext_problem("--learner", flags.learner,
+                                                                                          flags))
+    if flags.advertise is not None:
+        if flags.learner is None or flags.bind is None:
+            problems.append("--advertise needs --learner and --bind (unix sockets are reached by their path)")
+        elif address_problem(join_host_port(flags.advertise, 1), "--advertise") or is_wildcard(flags.advertise):
+            problems.append(f"--advertise {flags.advertise!r}: expected a host name or IP address")
+    return [problem for problem in problems if problem]
+
+
+def advertised_addresses(flags: argparse.Namespace, addresses: List[str]) -> List[str]:
+    """The addresses the servers register as: unix sockets as they are; TCP ones on the
+    --advertise host, else the --bind host, or for a wildcard --bind this host's address on the
+    route to --learner."""
+    if not flags.bind:
+        return list(addresses)
+    bind_host, _ = split_host_port(flags.bind)
+    host = flags.advertise or (host_towards(flags.learner) if is_wildcard(bind_host) else bind_host)
+    return [join_host_port(host, split_host_port(address)[1]) for address in addresses]
 
 
 SERVERS = flags_lib.FlagGroup(add_server_flags, server_problems)
+# Mutual TLS or --insecure beyond loopback (torchbeast/core/transport.py); polybeast_learner takes it too.
+TLS = flags_lib.FlagGroup(add_tls_flags, tls_problems)
 
 
 def make_parser() -> flags_lib.FlagParser:
     return flags_lib.FlagParser("python -m torchbeast.polybeast_env", __doc__.split("\n\n")[0],
-                                (flags_lib.ENV, SERVERS))
+                                (flags_lib.ENV, SERVERS, TLS))
 
 
 def serve_until_stopped(flags: argparse.Namespace) -> StopReason:
@@ -214,9 +290,15 @@ def serve_until_stopped(flags: argparse.Namespace) -> StopReason:
     addresses = server_addresses(flags.pipes_basename, flags.bind, flags.num_servers)
     for address in addresses:  # before any process starts: a served address is refused (exit 2)
         claim_address(address)
-    processes = start_servers(EnvSpec.from_flags(flags), addresses)
+    tls = load_tls(flags)
+    advertised = advertised_addresses(flags, addresses) if flags.learner else addresses
+    warn_if_insecure(flags, [*addresses, *([flags.learner] if flags.learner else [])])
+    transports = [Transport(tls=tls, learner=flags.learner, advertised=a) for a in advertised]
+    processes = start_servers(EnvSpec.from_flags(flags), addresses, transports=transports)
     running = servers_running(processes, addresses)
-    log.info("Serving %s on %s", flags.env, ", ".join(addresses))
+    log.info("Serving %s on %s%s", flags.env, ", ".join(addresses), " (mutual TLS)" if tls and flags.bind else "")
+    if flags.learner:
+        log.info("Registering %s with the learner at %s", ", ".join(advertised), flags.learner)
     try:
         reason = None
         while reason is None:

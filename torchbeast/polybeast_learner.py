@@ -4,6 +4,12 @@ the actors' inference dynamically on the GPU and learns from batched rollouts.
     python -m torchbeast.polybeast_env --num_servers 4 --pipes_basename unix:/tmp/polybeast &
     python -m torchbeast.polybeast_learner --pipes_basename unix:/tmp/polybeast --num_servers 4
 
+or with env servers on other hosts that register themselves (`polybeast_env --learner`), over
+mutual TLS (see torchbeast/core/transport.py and scripts/make_certs.sh):
+
+    python -m torchbeast.polybeast_learner --registry_bind 0.0.0.0:4400 \
+        --tls_cert learner.crt --tls_key learner.key --tls_ca ca.crt
+
 Threads in this process: one runs `ActorPool.run()` (C++ actor threads, one per env server,
 without the GIL), `--num_inference_threads` answer the `DynamicBatcher` with the inference
 model, `--num_learner_threads` take `[T + 1, B]` batches from the `BatchingQueue` and update the
@@ -27,14 +33,18 @@ import torch
 
 import nest
 from torchbeast import polybeast_env
+from torchbeast.core import distributed
 from torchbeast.core import flags as flags_lib
 from torchbeast.core.cli import exit_now, run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.environment import observation_shapes
 from torchbeast.core.evaluate import test
+from torchbeast.core.registration import RegisteredServers
 from torchbeast.core.rollout import agent_step, flatten_step
+from torchbeast.core.server_stats import ServerRates
 from torchbeast.core.supervisor import HealthCheck, StopReason, WatchedThread, run_learner
 from torchbeast.core.training import LearnerState, Reporter
+from torchbeast.core.transport import address_problem, load_tls, plaintext_problem, read_servers_file, warn_if_insecure
 from torchbeast.errors import ConfigError
 from torchbeast.models import AgentState, MemoryAgent
 
@@ -45,10 +55,21 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("env servers")
     group.add_argument("--env_servers", nargs="+", default=None, metavar="ADDR",
                        help="Env server addresses (unix:/path or host:port), one actor each.")
+    group.add_argument("--env_servers_file", default=None, metavar="FILE",
+                       help="More env server addresses, one per line (# starts a comment).")
+    group.add_argument("--registry_bind", default=None, metavar="HOST:PORT",
+                       help="Serve env server registration there (e.g. 0.0.0.0:4400): servers started with "
+                            "polybeast_env --learner HOST:PORT join the run, at its start or later, each with an "
+                            "actor of its own. Combines with --env_servers and --env_servers_file.")
+    group.add_argument("--server_lease_s", type=float, default=30.0,
+                       help="A registered env server repeats its registration every third of this; one not heard "
+                            "of for this long (or that said it stops) is dropped once its stream has stopped too. "
+                            "(default: %(default)s)")
     group.add_argument("--pipes_basename", default="unix:/tmp/polybeast",
-                       help="Without --env_servers: connect to BASENAME.0 ... BASENAME.N-1. (default: %(default)s)")
+                       help="Without the three flags above: connect to BASENAME.0 ... BASENAME.N-1. "
+                            "(default: %(default)s)")
     group.add_argument("--num_servers", type=int, default=4,
-                       help="Without --env_servers: how many BASENAME.i servers. (default: %(default)s)")
+                       help="Without the three flags above: how many BASENAME.i servers. (default: %(default)s)")
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,11 +94,21 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                        help="Device of the learner model. (default: the one --gpu_n picks)")
 
 
-def server_addresses(env_servers: Optional[List[str]], pipes_basename: str, num_servers: int) -> List[str]:
-    """--env_servers, or the unix sockets BASENAME.i of --pipes_basename and --num_servers."""
-    if env_servers:
-        return list(env_servers)
+def server_addresses(env_servers: Optional[List[str]], pipes_basename: str, num_servers: int,
+                     env_servers_file: Optional[str] = None, registry_bind: Optional[str] = None) -> List[str]:
+    """--env_servers and those of --env_servers_file (in that order, without repeats); without
+    them and without --registry_bind, the unix sockets BASENAME.i of --pipes_basename and
+    --num_servers. Raises ConfigError for an unreadable file or a bad line in it."""
+    addresses = list(env_servers or []) + (read_servers_file(env_servers_file) if env_servers_file else [])
+    if addresses or registry_bind:
+        return list(dict.fromkeys(addresses))
     return polybeast_env.unix_addresses(pipes_basename, num_servers)
+
+
+def given_addresses(flags: argparse.Namespace) -> List[str]:
+    """The env server addresses the flags name (server_addresses() of the learner's flags)."""
+    return server_addresses(flags.env_servers, flags.pipes_basename, flags.num_servers, flags.env_servers_file,
+                            flags.registry_bind)
 
 
 def parse_device(name: Optional[str], flag: str, default: torch.device) -> torch.device:
@@ -95,23 +126,21 @@ def parse_device(name: Optional[str], flag: str, default: torch.device) -> torch
     return device
 
 
-def address_problem(address: str) -> Optional[str]:
-    """Why `address` is not unix:/path or host:port with 0 < port < 65536, or None."""
-    if address.startswith("unix:"):
-        return None if len(address) > len("unix:") else f"env server address {address!r}: expected unix:/path"
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return f"env server address {address!r}: expected unix:/path or host:port"
-    if not 0 < int(port) < 65536:
-        return f"env server address {address!r}: port {port} is not between 1 and 65535"
-    return None
-
-
 def connection_problems(flags: argparse.Namespace) -> List[str]:
-    if not flags.env_servers and flags.num_servers <= 0:
+    if not (flags.env_servers or flags.env_servers_file or flags.registry_bind) and flags.num_servers <= 0:
         return [f"--num_servers must be positive, got {flags.num_servers}"]
-    addresses = server_addresses(flags.env_servers, flags.pipes_basename, flags.num_servers)
-    return [problem for problem in map(address_problem, addresses) if problem]
+    if not (math.isfinite(flags.server_lease_s) and flags.server_lease_s > 0):
+        return [f"--server_lease_s must be a positive number of seconds, got {flags.server_lease_s}"]
+    problems: List[Optional[str]] = []
+    try:
+        addresses = given_addresses(flags)
+    except ConfigError as e:
+        addresses, problems = [], [str(e)]
+    problems += [address_problem(a) or plaintext_problem("env server address", a, flags) for a in addresses]
+    if flags.registry_bind is not None:
+        problems.append(address_problem(flags.registry_bind, "--registry_bind")
+                        or plaintext_problem("--registry_bind", flags.registry_bind, flags))
+    return [problem for problem in problems if problem]
 
 
 def inference_problems(flags: argparse.Namespace) -> List[str]:
@@ -147,7 +176,8 @@ MONOBEAST_ONLY = {
 def make_parser() -> flags_lib.FlagParser:
     return flags_lib.FlagParser(
         "python -m torchbeast.polybeast_learner", __doc__.split("\n\n")[0],
-        (flags_lib.ENV, flags_lib.AGENT, flags_lib.TRAINING, CONNECTION, INFERENCE, flags_lib.SYSTEM),
+        (flags_lib.ENV, flags_lib.AGENT, flags_lib.TRAINING, CONNECTION, polybeast_env.TLS, INFERENCE, flags_lib.SYSTEM,
+         distributed.DISTRIBUTED),
         hints=MONOBEAST_ONLY)
 
 
@@ -196,8 +226,10 @@ def servers_reachable(pool: Any, addresses: Sequence[str], timeout_s: float,
         if waited < timeout_s:
             return None
         problems = sorted({s["last_problem"] for s in status if s["last_problem"]})
+        tried = list(addresses) or [s["address"] for s in status]  # registered ones when none was given
         detail = (f"no env server reachable for {waited:.0f} s (--connect_timeout_s {timeout_s:g}); "
-                  f"tried {', '.join(addresses)}" + (f" (last problem: {problems[0]})" if len(problems) == 1 else ""))
+                  + (f"tried {', '.join(tried)}" if tried else "none has registered")
+                  + (f" (last problem: {problems[0]})" if len(problems) == 1 else ""))
         return StopReason.failed(detail, ConfigError(detail))
 
     return check
@@ -207,17 +239,37 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
     """Learns from the env servers at `addresses` until --total_steps; returns why it stopped.
 
     `health_checks` are watched besides the actor pool and inference threads (polybeast.py adds
-    its env server processes)."""
+    its env server processes). With --registry_bind, servers that register join as well."""
     import libtorchbeast
 
-    default_device = select_device(flags.gpu_n, flags.disable_cuda)
+    tls = load_tls(flags) if hasattr(flags, "tls_cert") else None  # polybeast.py: unix sockets only
+    registry_bind = getattr(flags, "registry_bind", None)
+    warn_if_insecure(flags, [*addresses, *([registry_bind] if registry_bind else [])])
+    registry = None
+    if registry_bind:  # before the run's outputs: a port in use is bad input (exit 2)
+        registry = libtorchbeast.Registry(registry_bind, heartbeat_s=flags.server_lease_s / 3,
+                                          tls=tls.config() if tls else None)
+        try:
+            registry.start()
+        except RuntimeError:
+            raise ConfigError(f"--registry_bind {registry_bind}: cannot listen there (the port is in use, or the "
+                              "host is not an address of this machine)") from None
+        log.info("Serving env server registration on %s%s", registry_bind, " (mutual TLS)" if tls else "")
+
+    placement = distributed.placement_from_env()  # data-parallel learners under torchrun; None: alone
+    default_device = select_device(distributed.learner_gpu(placement, flags.gpu_n), flags.disable_cuda)
     learner_device = parse_device(flags.learner_device, "--learner_device", default_device)
     inference_device = parse_device(flags.inference_device, "--inference_device", default_device)
     local_servers = sum(a.startswith(("unix:", "127.", "localhost:")) for a in addresses)
     set_cpu_threads(flags.num_threads, env_processes=local_servers)
+    group = distributed.LearnerGroup.join(placement, flags, learner_device) if placement else None  # rank
     state = LearnerState(flags, learner_device,
-                         meta=dict(env_servers=addresses, inference_device=str(inference_device)))
+                         meta=dict(env_servers=addresses, inference_device=str(inference_device)), group=group)
     if state.close_if_done():
+        if group is not None:  # rank
+            group.close()
+        if registry is not None:
+            registry.stop()
         return StopReason.finished(f"already at step {state.step} >= --total_steps {state.total_steps}")
     # Inference threads share this copy; weights are copied in place after each update (a forward
     # that overlaps a copy mixes two consecutive versions, which V-trace's off-policy correction absorbs).
@@ -238,7 +290,11 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
     pool = libtorchbeast.ActorPool(
         unroll_length=flags.unroll_length, learner_queue=learner_queue, inference_batcher=batcher,
         env_server_addresses=addresses, initial_agent_state=initial_agent_state,
-        observation_spec=observation_spec(flags.env), env_timeout_s=flags.env_timeout_s)
+        observation_spec=observation_spec(flags.env), env_timeout_s=flags.env_timeout_s,
+        tls=tls.config() if tls else None)
+    rates_in_log, rates_in_progress = ServerRates(pool.status), ServerRates(pool.status)
+    state.server_stats = rates_in_log.row
+    stop_following = threading.Event()
 
     def learn(stop: threading.Event) -> None:
         for item in learner_queue:  # ends when the queue is closed
@@ -250,23 +306,35 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
         for queue in (learner_queue, batcher):
             if not queue.is_closed():
                 queue.close()
+        stop_following.set()
+        if registry is not None:
+            registry.stop()
         pool.stop()
 
     workers = [WatchedThread("actor pool", pool.run)]
+    if registry is not None:
+        registered = RegisteredServers(registry, pool, flags.server_lease_s,
+                                       allow_plaintext_remote=bool(tls) or flags.insecure)
+        workers.append(WatchedThread("env server registration", registered.run, stop_following))
     workers += [WatchedThread(f"inference thread {i}", inference_loop, batcher, inference_model, inference_device)
                 for i in range(flags.num_inference_threads)]
-    log.info("Learning from %d env server(s): %s", len(addresses), ", ".join(addresses))
+    log.info("Learning from %d env server(s): %s%s", len(addresses), ", ".join(addresses),
+             f" and those registering on {registry_bind}" if registry_bind else "")
     for worker in workers:
         worker.start()
     try:
-        return run_learner(state, Reporter(state, flags.log_interval, flags.checkpoint_interval), learn,
+        reporter = Reporter(state, flags.log_interval, flags.checkpoint_interval, servers=rates_in_progress.text)
+        return run_learner(state, reporter, learn,
                            flags.num_learner_threads,
                            health_checks=[*(w.failure for w in workers), *health_checks,
-                                          servers_reachable(pool, addresses, flags.connect_timeout_s)],
+                                          servers_reachable(pool, addresses, flags.connect_timeout_s),
+                                          *([group.peers_alive] if group else [])],  # rank
                            release=release)
     finally:
         for worker in workers:
             worker.join(timeout=30)
+        if group is not None:  # rank
+            group.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -278,7 +346,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if flags.mode == "test":
             test(flags, num_workers=os.cpu_count() or 1)  # the env servers are elsewhere: this host's cores
             return None
-        return train(flags, server_addresses(flags.env_servers, flags.pipes_basename, flags.num_servers))
+        addresses = given_addresses(flags)
+        placement = distributed.placement_from_env()  # rank: a torchrun learner takes its share of the servers
+        if placement is not None:
+            addresses = distributed.spread(addresses, placement.world_size)[placement.rank]
+        return train(flags, addresses)
 
     return run_command("polybeast_learner", body)
 

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from torchbeast.core.child_processes import preexec_die_with_parent
 from torchbeast.core.cli import run_command
 from torchbeast.errors import ConfigError
 
@@ -195,7 +196,8 @@ def _run_to_end(command: List[str]) -> int:
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         if not interrupted:
-            procs.append(subprocess.Popen(command))
+            # The run gets SIGTERM (saves, exits 143) if the sweep dies, even by SIGKILL.
+            procs.append(subprocess.Popen(command, preexec_fn=preexec_die_with_parent(signal.SIGTERM)))
             code = procs[0].wait()
     finally:
         for signum, handler in previous.items():

@@ -81,11 +81,17 @@ within env_timeout_s (0: no limit; the first step included) is dropped: one line
 "actor 2 (unix:/tmp/x.2): dropped: observation 'frame' has shape [3, 64, 65], expected
 [3, 64, 64]; retrying in 80 ms", its partial rollout is discarded and it is retried with jittered
 backoff (up to 30 s); run() never raises for it. status() and num_connected() tell which
-servers deliver now.)doc")
+servers deliver now.
+
+Elastic: env_server_addresses may be empty; add_server(address) starts an actor for a new
+address at any time (at once when running), remove_server(address) stops one, dropping its
+partial rollout. run() then returns only after stop() (or a closed queue or batcher, or a fatal
+error). tls: a TlsConfig for the actors' TCP streams (mutual TLS), or None (plaintext).)doc")
       .def(py::init([](int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                        std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> addresses,
                        const ArrayNest& initial_agent_state, const std::optional<ArrayNest>& initial_action,
-                       const std::optional<ArrayNest>& observation_spec, double env_timeout_s) {
+                       const std::optional<ArrayNest>& observation_spec, double env_timeout_s,
+                       std::optional<TlsConfig> tls) {
              if (!(env_timeout_s >= 0) || env_timeout_s > 1e9) {
                throw InvalidArgument("ActorPool: env_timeout_s must be between 0 and 1e9, got " +
                                      std::to_string(env_timeout_s));
@@ -93,17 +99,22 @@ servers deliver now.)doc")
              return std::make_shared<ActorPool>(
                  unroll_length, std::move(learner_queue), std::move(inference_batcher), std::move(addresses),
                  initial_agent_state, initial_action, observation_spec,
-                 std::chrono::milliseconds(static_cast<int64_t>(std::ceil(env_timeout_s * 1000))));
+                 std::chrono::milliseconds(static_cast<int64_t>(std::ceil(env_timeout_s * 1000))), std::move(tls));
            }),
            py::arg("unroll_length"), py::arg("learner_queue"), py::arg("inference_batcher"),
            py::arg("env_server_addresses"), py::arg("initial_agent_state") = py::tuple(),
            py::arg("initial_action") = py::none(), py::arg("observation_spec") = py::none(),
-           py::arg("env_timeout_s") = 0.0)
+           py::arg("env_timeout_s") = 0.0, py::arg("tls") = py::none())
       .def("run", &ActorPool::Run, py::call_guard<py::gil_scoped_release>())
       .def("stop", &ActorPool::Stop, py::call_guard<py::gil_scoped_release>(),
            "Cancels the actors' streams and backoff waits; actors blocked in the batcher or on a full "
            "learner queue stop when those return or are closed.")
       .def("count", &ActorPool::count, "Env steps taken so far, over all actors.")
+      .def("add_server", &ActorPool::AddServer, py::arg("address"), py::call_guard<py::gil_scoped_release>(),
+           "Adds an actor for address (started at once when running); returns its index, or -1 when an actor "
+           "streams from address already or the pool is stopping.")
+      .def("remove_server", &ActorPool::RemoveServer, py::arg("address"), py::call_guard<py::gil_scoped_release>(),
+           "Stops the actor of address (its partial rollout is dropped); False when no actor streams from it.")
       .def("num_connected", &ActorPool::num_connected, "Actors whose stream is delivering steps now.")
       .def(
           "status",
@@ -111,6 +122,7 @@ servers deliver now.)doc")
             py::list out;
             for (const ActorPool::ActorStatus& a : pool.status()) {
               py::dict d;
+              d["index"] = a.index;
               d["address"] = a.address;
               d["connected"] = a.connected;
               d["ever_connected"] = a.ever_connected;
@@ -118,13 +130,15 @@ servers deliver now.)doc")
                   a.seconds_since_last_step ? py::cast(*a.seconds_since_last_step) : py::object(py::none());
               d["drops"] = a.drops;
               d["last_problem"] = a.last_problem;
+              d["steps"] = a.steps;
               out.append(std::move(d));
             }
             return out;
           },
-          "One dict per address, in order: address, connected (its stream delivers steps now), "
+          "One dict per actor not removed, in the order they were added: index (its number in log lines), "
+          "address, connected (its stream delivers steps now), "
           "ever_connected, seconds_since_last_step (None before the first), drops (times it was dropped) "
-          "and last_problem (why it last dropped or disconnected, or '').");
+          "last_problem (why it last dropped or disconnected, or '') and steps (env steps it took).");
 }
 
 }  // namespace python

@@ -9,6 +9,7 @@
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -250,14 +251,15 @@ address: "unix:/path/to/socket" or "host:port" (port 0 picks a free port: see `p
 max_streams: streams served at a time (0: no limit); a further stream ends at once with
 RESOURCE_EXHAUSTED, before any env is made. An Action that does not parse ends its stream with
 INVALID_ARGUMENT, one over 1 MiB with RESOURCE_EXHAUSTED. A TCP port already served by another
-server cannot be bound (no SO_REUSEPORT): start() raises.
+server cannot be bound (no SO_REUSEPORT): start() raises. tls: a TlsConfig (mutual TLS over TCP: a
+client without a certificate signed by its root_certs is refused) or None (plaintext).
 run() blocks until stop(); start() returns once the server listens; all release the GIL.)doc")
       .def(py::init([env_error_type = py::handle(m.attr("EnvError"))](py::object stream_factory, std::string address,
-                                                                      int max_streams) {
+                                                                      int max_streams, std::optional<TlsConfig> tls) {
              return ReleasingGilOnDelete(new EnvServer(MakeFactory(std::move(stream_factory), env_error_type),
-                                                       std::move(address), max_streams));
+                                                       std::move(address), max_streams, std::move(tls)));
            }),
-           py::arg("stream_factory"), py::arg("address"), py::arg("max_streams") = 0)
+           py::arg("stream_factory"), py::arg("address"), py::arg("max_streams") = 0, py::arg("tls") = py::none())
       .def("run", &EnvServer::Run, py::call_guard<py::gil_scoped_release>(),
            "Serves until stop() (from another thread). Raises RuntimeError if the address cannot be bound.")
       .def("start", &EnvServer::Start, py::call_guard<py::gil_scoped_release>(),
@@ -274,8 +276,12 @@ connect() and step(action) return dicts with observation, reward, done, truncate
 episode_step, episode_return and final_observation (the cut episode's true final observation
 on truncated steps, None on all others). They raise EnvError when the env failed, RpcError (a
 ConnectionError) when the server cannot be reached or the stream broke, and ClosedError after
-cancel().)doc")
-      .def(py::init<std::string>(), py::arg("address"))
+cancel(). tls: a TlsConfig (mutual TLS over TCP; a server that refuses the certificate, or whose
+certificate fails the check, raises RpcError) or None (plaintext).)doc")
+      .def(py::init([](std::string address, std::optional<TlsConfig> tls) {
+             return std::make_shared<EnvClient>(std::move(address), /*max_receive_bytes=*/-1, tls);
+           }),
+           py::arg("address"), py::arg("tls") = py::none())
       .def(
           "connect",
           [](EnvClient& c) {

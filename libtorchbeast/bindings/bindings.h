@@ -11,6 +11,8 @@ void BindBatchingQueue(pybind11::module_& m);
 void BindDynamicBatcher(pybind11::module_& m);
 void BindEnvServer(pybind11::module_& m);
 void BindActorPool(pybind11::module_& m);
+void BindTls(pybind11::module_& m);  // Before the bindings that take a TlsConfig.
+void BindRegistry(pybind11::module_& m);
 
 }  // namespace python
 }  // namespace torchbeast

@@ -117,20 +117,20 @@ const ArrayNest::Map& OutputMap(const ArrayNest& outputs) {
 ActorPool::ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learner_queue,
                      std::shared_ptr<DynamicBatcher> inference_batcher, std::vector<std::string> env_server_addresses,
                      ArrayNest initial_agent_state, std::optional<ArrayNest> initial_action,
-                     std::optional<ArrayNest> observation_spec, std::chrono::milliseconds env_timeout)
+                     std::optional<ArrayNest> observation_spec, std::chrono::milliseconds env_timeout,
+                     std::optional<TlsConfig> tls)
     : unroll_length_(unroll_length),
       learner_queue_(std::move(learner_queue)),
       inference_batcher_(std::move(inference_batcher)),
-      addresses_(std::move(env_server_addresses)),
       initial_agent_state_(std::move(initial_agent_state)),
       initial_action_(initial_action ? std::move(*initial_action) : ArrayNest(Scalar11<int64_t>(DType::kInt64, 0))),
       env_timeout_(env_timeout),
       max_message_bytes_(MaxMessageBytes(observation_spec)),
+      tls_(std::move(tls)),
       observation_spec_(std::move(observation_spec)) {
   if (unroll_length_ < 1) throw InvalidArgument("ActorPool: unroll_length must be >= 1");
   if (!learner_queue_) throw InvalidArgument("ActorPool: learner_queue is None");
   if (!inference_batcher_) throw InvalidArgument("ActorPool: inference_batcher is None");
-  if (addresses_.empty()) throw InvalidArgument("ActorPool: no env server addresses");
   initial_agent_state_.for_each([](const Array& a) {
     if (a.ndim() < 2 || a.shape()[1] != 1) {
       throw InvalidArgument("ActorPool: initial_agent_state arrays need size 1 at dim 1 (the batch dim), got shape " +
@@ -144,8 +144,11 @@ ActorPool::ActorPool(int64_t unroll_length, std::shared_ptr<BatchingQueue> learn
     }
   });
   if (env_timeout_.count() < 0) throw InvalidArgument("ActorPool: env_timeout must be >= 0");
-  clients_.resize(addresses_.size());
-  actors_.resize(addresses_.size());
+  for (const std::string& address : env_server_addresses) {
+    if (address.empty()) throw InvalidArgument("ActorPool: an env server address is empty");
+    actors_.emplace_back().address = address;
+    clients_.emplace_back();
+  }
 }
 
 ActorPool::~ActorPool() { Stop(); }
@@ -156,16 +159,56 @@ void ActorPool::Run() {
     if (running_) throw Error("ActorPool.run() was already called");
     running_ = true;
   }
-  std::vector<std::thread> threads;
-  threads.reserve(addresses_.size());
-  for (std::size_t i = 0; i < addresses_.size(); ++i) threads.emplace_back(&ActorPool::RunActor, this, i);
   std::thread watchdog;
   if (env_timeout_.count() > 0) watchdog = std::thread(&ActorPool::Watchdog, this);
+  std::vector<std::thread> threads;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (std::size_t i = 0; i < actors_.size(); ++i) StartActorLocked(i);
+    // Actors stop only once stop_ is set (by Stop(), a closed queue or a fatal error) or when
+    // removed; AddServer() adds no thread after that.
+    stop_cv_.wait(lock, [this] { return stop_; });
+    threads.swap(threads_);
+  }
   for (std::thread& t : threads) t.join();
-  Stop();  // Ends the watchdog.
   if (watchdog.joinable()) watchdog.join();
   std::lock_guard<std::mutex> lock(mu_);
   if (error_) std::rethrow_exception(error_);
+}
+
+void ActorPool::StartActorLocked(std::size_t index) {
+  threads_.emplace_back(&ActorPool::RunActor, this, index, actors_[index].address);
+}
+
+int64_t ActorPool::AddServer(const std::string& address) {
+  if (address.empty()) throw InvalidArgument("ActorPool.add_server: the address is empty");
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_) return -1;
+  for (const ActorState& actor : actors_)
+    if (!actor.removed && actor.address == address) return -1;
+  actors_.emplace_back().address = address;
+  clients_.emplace_back();
+  const std::size_t index = actors_.size() - 1;
+  if (running_) StartActorLocked(index);
+  return static_cast<int64_t>(index);
+}
+
+bool ActorPool::RemoveServer(const std::string& address) {
+  std::shared_ptr<EnvClient> client;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto actor = std::find_if(actors_.begin(), actors_.end(),
+                              [&](const ActorState& a) { return !a.removed && a.address == address; });
+    if (actor == actors_.end()) return false;
+    actor->removed = true;
+    actor->connected = false;
+    actor->last_problem = "removed";
+    DisarmLocked(&*actor);
+    client = clients_[actor - actors_.begin()];
+  }
+  stop_cv_.notify_all();  // Ends its backoff wait.
+  if (client) client->Cancel();
+  return true;
 }
 
 void ActorPool::Stop() {
@@ -173,7 +216,7 @@ void ActorPool::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
-    clients = clients_;
+    clients.assign(clients_.begin(), clients_.end());
   }
   stop_cv_.notify_all();
   watchdog_cv_.notify_all();
@@ -186,9 +229,15 @@ bool ActorPool::stopping() const {
   return stop_;
 }
 
-bool ActorPool::SleepUnlessStopped(std::chrono::milliseconds duration) {
+bool ActorPool::StoppingOrRemoved(std::size_t index) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stop_ || actors_[index].removed;
+}
+
+bool ActorPool::SleepUnlessStopped(std::size_t index, std::chrono::milliseconds duration) {
   std::unique_lock<std::mutex> lock(mu_);
-  return !stop_cv_.wait_for(lock, duration, [this] { return stop_; });  // Ends early on Stop().
+  // Ends early on Stop() or when the actor is removed.
+  return !stop_cv_.wait_for(lock, duration, [this, index] { return stop_ || actors_[index].removed; });
 }
 
 void ActorPool::Fail(std::exception_ptr error) {
@@ -205,8 +254,11 @@ std::vector<ActorPool::ActorStatus> ActorPool::status() const {
   std::lock_guard<std::mutex> lock(mu_);
   for (std::size_t i = 0; i < actors_.size(); ++i) {
     const ActorState& a = actors_[i];
+    if (a.removed) continue;
     ActorStatus status;
-    status.address = addresses_[i];
+    status.index = static_cast<int64_t>(i);
+    status.address = a.address;
+    status.steps = a.steps;
     status.connected = a.connected;
     status.ever_connected = a.ever_connected;
     if (a.last_step) status.seconds_since_last_step = std::chrono::duration<double>(now - *a.last_step).count();
@@ -219,7 +271,7 @@ std::vector<ActorPool::ActorStatus> ActorPool::status() const {
 
 int64_t ActorPool::num_connected() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return std::count_if(actors_.begin(), actors_.end(), [](const ActorState& a) { return a.connected; });
+  return std::count_if(actors_.begin(), actors_.end(), [](const ActorState& a) { return a.connected && !a.removed; });
 }
 
 ArrayNest ActorPool::SpecFor(const ArrayNest& observation) {
@@ -246,9 +298,10 @@ void ActorPool::DisarmLocked(ActorState* actor) {
   --armed_;
 }
 
-void ActorPool::Delivered(std::size_t index) {
+void ActorPool::Delivered(std::size_t index, bool counted) {
   std::lock_guard<std::mutex> lock(mu_);
   ActorState& actor = actors_[index];
+  if (counted) ++actor.steps;
   DisarmLocked(&actor);
   actor.connected = true;
   actor.ever_connected = true;
@@ -291,28 +344,28 @@ void ActorPool::Watchdog() {
   }
 }
 
-void ActorPool::RunActor(std::size_t index) {
-  const std::string& address = addresses_[index];
+void ActorPool::RunActor(std::size_t index, std::string address) {
   const std::string actor = "actor " + std::to_string(index);
   Connection connection{kInitialBackoff};
   bool said_waiting = false;
-  while (!stopping()) {
+  while (!StoppingOrRemoved(index)) {
     try {
-      Stream(index, &connection);
+      Stream(index, address, &connection);
     } catch (const ClosedError&) {
+      if (StoppingOrRemoved(index) && !stopping()) return;  // RemoveServer() cancelled its stream.
       Disconnected(index, "stopped", /*dropped=*/false);
       Stop();  // The learner queue or the batcher was closed, or Stop() cancelled the stream.
       return;
     } catch (const PeerError& e) {
       Disconnected(index, e.what(), /*dropped=*/true);
-      if (stopping()) return;
+      if (StoppingOrRemoved(index)) return;
       const std::chrono::milliseconds wait = Jittered(connection.backoff);
       Log(actor + " (" + address + "): dropped: " + e.what() + "; retrying in " + std::to_string(wait.count()) + " ms");
-      if (!SleepUnlessStopped(wait)) return;
+      if (!SleepUnlessStopped(index, wait)) return;
       connection.backoff = std::min(2 * connection.backoff, kMaxDropBackoff);
     } catch (const RpcError& e) {
       Disconnected(index, e.what(), /*dropped=*/false);
-      if (stopping()) return;
+      if (StoppingOrRemoved(index)) return;
       const std::chrono::milliseconds wait = Jittered(connection.backoff);
       if (connection.connected_once) {
         Log(actor + ": " + e.what() + "; reconnecting in " + std::to_string(wait.count()) + " ms");
@@ -321,7 +374,7 @@ void ActorPool::RunActor(std::size_t index) {
         Log(actor + ": waiting for env server " + address + " (not reachable yet: " + e.what() + ")");
         said_waiting = true;
       }
-      if (!SleepUnlessStopped(wait)) return;
+      if (!SleepUnlessStopped(index, wait)) return;
       connection.backoff = std::min(2 * connection.backoff, std::max(kMaxBackoff, connection.backoff));
     } catch (const std::exception& e) {
       Disconnected(index, e.what(), /*dropped=*/false);
@@ -332,12 +385,11 @@ void ActorPool::RunActor(std::size_t index) {
   }
 }
 
-void ActorPool::Stream(std::size_t index, Connection* connection) {
-  const std::string& address = addresses_[index];
-  auto client = std::make_shared<EnvClient>(address, max_message_bytes_);
+void ActorPool::Stream(std::size_t index, const std::string& address, Connection* connection) {
+  auto client = std::make_shared<EnvClient>(address, max_message_bytes_, tls_);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) return;
+    if (stop_ || actors_[index].removed) return;
     clients_[index] = client;
   }
   Arm(index);
@@ -348,7 +400,7 @@ void ActorPool::Stream(std::size_t index, Connection* connection) {
     if (!problem.empty()) throw PeerError(problem);
   };
   check(step);
-  Delivered(index);
+  Delivered(index, /*counted=*/false);
   if (connection->lost) Log("actor " + std::to_string(index) + ": reconnected to " + address);
   connection->lost = false;
   connection->connected_once = true;
@@ -361,7 +413,7 @@ void ActorPool::Stream(std::size_t index, Connection* connection) {
   ArrayNest rollout_agent_state = agent_state;  // The "agent_state" input of rollout[0].
 
   for (;;) {
-    if (stopping()) throw ClosedError("ActorPool is stopping");
+    if (StoppingOrRemoved(index)) throw ClosedError("ActorPool is stopping or the actor was removed");
     ArrayNest::Map inputs =
         StepInputs(step, last_action, FinalObservationInput(step, no_final_observation), agent_state);
     ArrayNest::Map entry = RolloutStep(inputs);
@@ -400,7 +452,7 @@ void ActorPool::Stream(std::size_t index, Connection* connection) {
     Arm(index);
     step = client->Step(RemoveTimeAndBatchDims(last_action));
     check(step);
-    Delivered(index);
+    Delivered(index, /*counted=*/true);
     count_.fetch_add(1);
   }
 }

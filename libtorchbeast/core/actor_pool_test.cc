@@ -626,11 +626,65 @@ TEST(ActorPoolTest, WaitsForAServerThatStartsLate) {
   EXPECT_EQ(Count(log, "reconnect"), 0) << log;
 }
 
+TEST(ActorPoolTest, ServersAddedAndRemovedWhileRunning) {
+  EnvServer a(Counting(/*id=*/0, /*episode_length=*/1000), TempSocket("a"));
+  EnvServer b(Counting(/*id=*/1, /*episode_length=*/1000), TempSocket("b"));
+  a.Start();
+  b.Start();
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), true);
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, /*env_server_addresses=*/{}, InitialState());
+  std::thread runner([&pool] { pool.Run(); });
+  EXPECT_EQ(pool.AddServer(a.address()), 0);
+  EXPECT_EQ(pool.AddServer(a.address()), -1);  // One actor per address.
+  EXPECT_EQ(EnvId(f.learner_queue->DequeueMany().map().at("rollout")), 0);
+  EXPECT_EQ(pool.AddServer(b.address()), 1);
+  // Dequeues rollouts until one from env `id` arrives; false after 10 s without one.
+  auto rollout_from = [&f](int32_t id) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (EnvId(f.learner_queue->DequeueMany().map().at("rollout")) == id) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(rollout_from(1));
+  EXPECT_TRUE(pool.RemoveServer(a.address()));
+  EXPECT_FALSE(pool.RemoveServer(a.address()));
+  for (int i = 0; i < 4; ++i) f.learner_queue->DequeueMany();  // Rollouts A queued before its removal.
+  std::map<int32_t, int> ids;
+  for (int i = 0; i < 20; ++i) ++ids[EnvId(f.learner_queue->DequeueMany().map().at("rollout"))];
+  EXPECT_EQ(ids[0], 0);
+  EXPECT_EQ(ids[1], 20);
+  const auto status = pool.status();
+  ASSERT_EQ(status.size(), 1u);
+  EXPECT_EQ(status[0].index, 1);
+  EXPECT_EQ(status[0].address, b.address());
+  EXPECT_GT(status[0].steps, 40);
+  EXPECT_EQ(pool.AddServer(a.address()), 2);  // A rejoins as a new actor.
+  EXPECT_TRUE(rollout_from(0));
+  f.Close();
+  runner.join();
+  model.join();
+  EXPECT_EQ(pool.AddServer(a.address() + "x"), -1);  // Stopped.
+}
+
+TEST(ActorPoolTest, RunWithoutServersWaitsForStop) {
+  Fixture f;
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, /*env_server_addresses=*/{}, InitialState());
+  std::thread stopper([&pool] {
+    std::this_thread::sleep_for(milliseconds(200));
+    pool.Stop();
+  });
+  pool.Run();
+  stopper.join();
+  EXPECT_TRUE(pool.status().empty());
+}
+
 TEST(ActorPoolTest, InvalidArguments) {
   Fixture f;
   EXPECT_THROW(ActorPool(/*unroll_length=*/0, f.learner_queue, f.batcher, {"unix:/x"}, InitialState()),
                InvalidArgument);
-  EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {}, InitialState()), InvalidArgument);
+  EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {""}, InitialState()), InvalidArgument);
   EXPECT_THROW(ActorPool(/*unroll_length=*/2, f.learner_queue, f.batcher, {"unix:/x"},
                          ArrayNest(Array::Zeros(DType::kFloat32, {1, 3}))),
                InvalidArgument);

@@ -9,7 +9,7 @@
 
 namespace torchbeast {
 
-EnvClient::EnvClient(std::string address, int max_receive_bytes)
+EnvClient::EnvClient(std::string address, int max_receive_bytes, const std::optional<TlsConfig>& tls)
     : address_(std::move(address)),
       action_(std::make_unique<rpcenv::Action>()),
       step_(std::make_unique<rpcenv::Step>()) {
@@ -20,9 +20,9 @@ EnvClient::EnvClient(std::string address, int max_receive_bytes)
   // reconnects: the actor pool does its own backoff.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, MinConnectTimeoutMs(address_, tls));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  channel_ = grpc::CreateCustomChannel(address_, ChannelCredentialsFor(address_, tls), args);
 }
 
 EnvClient::~EnvClient() {

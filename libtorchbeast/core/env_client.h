@@ -3,9 +3,11 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "core/env.h"
+#include "core/tls.h"
 
 namespace grpc {
 class Channel;
@@ -24,8 +26,10 @@ class EnvClient {
  public:
   // `address`: "unix:/path" or "host:port". Makes a channel of its own; connects in Connect().
   // `max_receive_bytes`: the largest Step message accepted (-1: no limit); a larger one ends
-  // the stream with PeerError.
-  explicit EnvClient(std::string address, int max_receive_bytes = -1);
+  // the stream with PeerError. `tls`: see core/tls.h (a server that refuses the certificate, or
+  // whose certificate fails the check, is an RpcError like an unreachable one).
+  explicit EnvClient(std::string address, int max_receive_bytes = -1,
+                     const std::optional<TlsConfig>& tls = std::nullopt);
   ~EnvClient();
   EnvClient(const EnvClient&) = delete;
   EnvClient& operator=(const EnvClient&) = delete;

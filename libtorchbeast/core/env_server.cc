@@ -128,8 +128,10 @@ class EnvServer::Service final : public grpc::Service {
   std::atomic<int> streams_{0};  // Being served now.
 };
 
-EnvServer::EnvServer(EnvFactory env_factory, std::string address, int max_streams)
-    : address_(std::move(address)), service_(std::make_unique<Service>(std::move(env_factory), max_streams)) {
+EnvServer::EnvServer(EnvFactory env_factory, std::string address, int max_streams, std::optional<TlsConfig> tls)
+    : address_(std::move(address)),
+      tls_(std::move(tls)),
+      service_(std::make_unique<Service>(std::move(env_factory), max_streams)) {
   if (max_streams < 0) throw InvalidArgument("EnvServer: max_streams must be >= 0");
 }
 
@@ -148,7 +150,7 @@ void EnvServer::StartLocked() {
   if (started_) throw Error("EnvServer on " + address_ + " was already started");
   started_ = true;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(address_, grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(address_, ServerCredentialsFor(address_, tls_), &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(kMaxActionBytes);
   builder.SetMaxSendMessageSize(-1);

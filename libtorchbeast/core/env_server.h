@@ -8,15 +8,17 @@
 // kMaxActionBytes (a larger one ends the stream with RESOURCE_EXHAUSTED), at most `max_streams`
 // streams at a time (a further one gets RESOURCE_EXHAUSTED before any env is made), and the
 // address is never shared with another server (SO_REUSEPORT off: binding a served TCP port
-// fails).
+// fails). TCP is mutual TLS with a TlsConfig, plaintext without (core/tls.h).
 #pragma once
 
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "core/env.h"
+#include "core/tls.h"
 
 namespace grpc {
 class Server;
@@ -29,8 +31,9 @@ class EnvServer {
   static constexpr int kMaxActionBytes = 1 << 20;
 
   // `address`: "unix:/path/to/socket" or "host:port" (port 0 picks a free port, see port()).
-  // `max_streams`: streams served at a time (0: no limit).
-  EnvServer(EnvFactory env_factory, std::string address, int max_streams = 0);
+  // `max_streams`: streams served at a time (0: no limit). `tls`: see core/tls.h.
+  EnvServer(EnvFactory env_factory, std::string address, int max_streams = 0,
+            std::optional<TlsConfig> tls = std::nullopt);
   ~EnvServer();  // Stops the server.
   EnvServer(const EnvServer&) = delete;
   EnvServer& operator=(const EnvServer&) = delete;
@@ -55,6 +58,7 @@ class EnvServer {
   void StartLocked();  // Needs mu_.
 
   const std::string address_;
+  const std::optional<TlsConfig> tls_;
   const std::unique_ptr<Service> service_;
 
   mutable std::mutex mu_;

@@ -13,10 +13,12 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 
+from torchbeast.core.child_processes import die_with_parent
 from torchbeast.core.cli import children_ignore_sigint, quiet_env_logging
 from torchbeast.core.play import AgentPolicy, Policy, RandomPolicy, load_agent, play_episode
 
@@ -66,6 +68,7 @@ def run_task(task: EpisodeTask) -> EpisodeResult:
 
 
 def _init_worker() -> None:
+    die_with_parent(signal.SIGKILL)  # a worker has nothing to save when its parent is gone
     torch.set_num_threads(1)
     quiet_env_logging()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,10 +36,14 @@ class UpdateConfig:
     steps_per_update: int  # unroll_length * batch_size
 
     @classmethod
+    def flag_names(cls) -> Tuple[str, ...]:
+        """The flags it is made of (steps_per_update comes from --unroll_length and --batch_size)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "steps_per_update")
+
+    @classmethod
     def from_flags(cls, flags: argparse.Namespace) -> "UpdateConfig":
-        fields = {f.name for f in dataclasses.fields(cls)} - {"steps_per_update"}
         return cls(steps_per_update=flags.unroll_length * flags.batch_size,
-                   **{name: getattr(flags, name) for name in fields})
+                   **{name: getattr(flags, name) for name in cls.flag_names()})
 
 
 def rewards_and_discounts(batch: Dict[str, torch.Tensor], config: UpdateConfig) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +63,11 @@ def rewards_and_discounts(batch: Dict[str, torch.Tensor], config: UpdateConfig) 
     return rewards, discounts
 
 
+# Called with the model and the loss after the backward pass, before clipping: data-parallel
+# learners average their gradients there (`torchbeast.core.distributed`).
+GradientHook = Callable[[nn.Module, torch.Tensor], None]
+
+
 def learn_step(
     config: UpdateConfig,
     model: nn.Module,
@@ -66,6 +75,7 @@ def learn_step(
     initial_agent_state: AgentState,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    gradient_hook: Optional[GradientHook] = None,
 ) -> Dict[str, float]:
     """Updates `model` from one batch; returns the losses and episode statistics, and `skipped`:
     True when the loss or gradient norm was not finite and the update was not applied."""
@@ -91,6 +101,8 @@ def learn_step(
 
     optimizer.zero_grad()
     total_loss.backward()
+    if gradient_hook is not None:
+        gradient_hook(model, total_loss)
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_norm_clipping)
     # A non-finite loss or gradient norm would poison the weights and RMSProp's averages for good:
     # such an update is skipped (weights, optimiser and schedule untouched) and said so ("skipped").

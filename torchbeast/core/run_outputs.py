@@ -28,6 +28,9 @@ from matplotlib.ticker import EngFormatter
 LOG_FIELDS = [
     "step", "time", "sps", "episodes", "mean_episode_return", "mean_episode_step",
     "total_loss", "pg_loss", "baseline_loss", "entropy_loss", "learning_rate", "grad_norm",
+    # PolyBeast only (empty for MonoBeast): env servers connected, and steps/s per host as
+    # space-separated host=rate pairs (the host part of each server's address; local: unix sockets).
+    "env_servers", "host_sps",
 ]
 
 # CSV column -> TensorBoard tag.
@@ -35,7 +38,7 @@ _TB_TAGS = {
     "sps": "charts/sps", "mean_episode_return": "charts/episode_return",
     "mean_episode_step": "charts/episode_length", "learning_rate": "charts/learning_rate",
     "total_loss": "losses/total", "pg_loss": "losses/policy_gradient", "baseline_loss": "losses/baseline",
-    "entropy_loss": "losses/entropy", "grad_norm": "losses/grad_norm",
+    "entropy_loss": "losses/entropy", "grad_norm": "losses/grad_norm", "env_servers": "charts/env_servers",
 }
 
 
@@ -115,6 +118,8 @@ class RunLogger:
         self.run_dir = run_dir
         self.csv_path = os.path.join(run_dir, "logs.csv")
         new_file = not os.path.exists(self.csv_path) or os.path.getsize(self.csv_path) == 0
+        if not new_file:
+            _add_missing_columns(self.csv_path)
         self._file = open(self.csv_path, "a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=LOG_FIELDS, extrasaction="ignore")
         if new_file:
@@ -140,6 +145,24 @@ class RunLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _add_missing_columns(csv_path: str) -> None:
+    """Rewrites (atomically) a logs.csv whose header lacks columns of LOG_FIELDS (a run started
+    before they existed), leaving them empty in its rows, so appended rows line up."""
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or list(reader.fieldnames) == LOG_FIELDS:
+            return
+        rows = list(reader)
+    tmp = csv_path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, csv_path)
 
 
 def _format(value: Any) -> Any:

@@ -10,13 +10,16 @@ arrays passed in are copied (made contiguous on the way). Blocking calls release
 - ``Server``: a gRPC server running one Gymnasium-style env per actor stream.
 - ``ActorPool``: actor threads connecting env servers, the batcher and the learner queue.
 - ``Client``: one env server stream, for tests and benchmarks.
+- ``Registry``, ``Registrar``: env servers registering with the learner (the learner's and the
+  server's end), so that it finds them without being told their addresses.
+- ``TlsConfig``: mutual TLS for any of them over TCP (PEM texts); unix sockets stay plaintext.
 - ``STEP_INPUT_KEYS``, ``ROLLOUT_STEP_KEYS``: the keys of the actor pool's model inputs and of
   the step part of its rollout entries.
 """
 
 import functools
 import traceback
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from libtorchbeast import _C
 from libtorchbeast._C import (
@@ -31,7 +34,10 @@ from libtorchbeast._C import (
     DynamicBatcher,
     EnvError,
     PeerError,
+    Registrar,
+    Registry,
     RpcError,
+    TlsConfig,
 )
 from torchbeast.core.episodes import EpisodeStream
 
@@ -46,9 +52,12 @@ __all__ = [
     "EnvError",
     "PeerError",
     "ROLLOUT_STEP_KEYS",
+    "Registrar",
+    "Registry",
     "RpcError",
     "STEP_INPUT_KEYS",
     "Server",
+    "TlsConfig",
 ]
 
 
@@ -75,12 +84,15 @@ class Server:
     ``address``: ``"unix:/path/to/socket"`` or ``"host:port"`` (port 0 picks a free port: see
     ``port``). ``max_streams``: streams served at a time (0: no limit); a further one ends at
     once with RESOURCE_EXHAUSTED, before any env is made. A TCP port already served cannot be
-    bound. ``run()`` blocks until ``stop()``; ``start()`` returns once the server listens;
-    all release the GIL.
+    bound. ``tls``: a ``TlsConfig`` (mutual TLS over TCP: clients without a certificate signed by
+    its CA are refused) or None (plaintext). ``run()`` blocks until ``stop()``; ``start()``
+    returns once the server listens; all release the GIL.
     """
 
-    def __init__(self, env_factory: Callable[[], Any], address: str, max_streams: int = 0) -> None:
-        self._server = _C.Server(functools.partial(_episode_stream, env_factory), address, max_streams=max_streams)
+    def __init__(self, env_factory: Callable[[], Any], address: str, max_streams: int = 0,
+                 tls: Optional[TlsConfig] = None) -> None:
+        self._server = _C.Server(functools.partial(_episode_stream, env_factory), address, max_streams=max_streams,
+                                 tls=tls)
 
     def run(self) -> None:
         """Serves until stop() (from another thread). Raises RuntimeError if the address cannot be bound."""

@@ -1,0 +1,285 @@
+"""Env servers that register with the learner (polybeast_env --learner, polybeast_learner
+--registry_bind): joining mid-run adds an actor, leaving (said, or silent) drops it with a log
+line; across network namespaces with mutual TLS; the flags' bad input; the learner's side of
+registration against fakes."""
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from cli import run_module
+from netns import netns_unavailable_reason, network_hosts
+
+from torchbeast.core.registration import RegisteredServers
+from torchbeast.core.run_outputs import read_log
+from torchbeast.polybeast_learner import server_addresses
+
+CUE = "torchbeast:CueMemory-v0"
+FAST = ["--encoder", "small", "--hidden_size", "32", "--unroll_length", "10", "--batch_size", "4",
+        "--log_interval", "1"]
+MAKE_CERTS = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_certs.sh")
+
+
+def free_ports(n, host="127.0.0.1"):
+    """`n` consecutive free TCP ports on `host` (the first one)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            for i in range(1, n):
+                with socket.socket() as s:
+                    s.bind((host, port + i))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+class Command:
+    """A command in its own session whose output lines are read in the background."""
+
+    def __init__(self, argv):
+        env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, start_new_session=True)
+        self.lines = []
+        self._queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, predicate, timeout=60):
+        """The first line (from now on) for which predicate(line) holds; fails after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(f"no such line within {timeout} s (exit {self.proc.poll()}); output:\n"
+                                     + "".join(self.lines))
+            self.lines.append(line)
+            if predicate(line):
+                return line
+
+    def stop(self, signum=signal.SIGTERM, timeout=60):
+        """Sends `signum` to the command's process group; returns its exit status and whole output."""
+        if self.proc.stdout.closed:
+            return self.proc.returncode, "".join(self.lines)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signum)
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._reader.join(timeout=10)  # it drains the pipe until every writer has gone
+        self.proc.stdout.close()
+        while not self._queue.empty():
+            line = self._queue.get()
+            if line is not None:
+                self.lines.append(line)
+        return self.proc.returncode, "".join(self.lines)
+
+
+def module(*args, host=None):
+    argv = [sys.executable, "-m", *map(str, args)]
+    return host.command(argv) if host is not None else argv
+
+
+def progress_with(servers):
+    """A progress line past step 0 saying that `servers` env servers are connected."""
+    return lambda line: line.startswith("step") and line.split()[1] != "0" and f"| {servers} env server" in line
+
+
+def test_servers_join_mid_run_and_are_dropped_when_they_leave(tmp_path):
+    registry, port_a, port_b = free_ports(1), free_ports(1), free_ports(2)
+    learner = Command(module("torchbeast.polybeast_learner", "--env", CUE, "--registry_bind",
+                             f"127.0.0.1:{registry}", "--server_lease_s", 2, "--total_steps", 100_000_000,
+                             "--savedir", tmp_path, "--xpid", "reg", *FAST))
+    env = ["torchbeast.polybeast_env", "--env", CUE, "--learner", f"127.0.0.1:{registry}"]
+    a = Command(module(*env, "--num_servers", 1, "--bind", f"127.0.0.1:{port_a}"))
+    b = None
+    try:
+        learner.wait_for(lambda line: f"Env server 127.0.0.1:{port_a} joined" in line)
+        learner.wait_for(progress_with(1))
+        # Two more join mid-run (a wildcard bind registers this host's address towards the learner).
+        b = Command(module(*env, "--num_servers", 2, "--bind", f"0.0.0.0:{port_b}", "--insecure"))
+        learner.wait_for(progress_with(3), timeout=90)
+        # B vanishes without a word (SIGKILL to all its processes): no heartbeat, no stream.
+        b.stop(signal.SIGKILL)
+        dropped = learner.wait_for(lambda line: f"Env server 127.0.0.1:{port_b}" in line and " left " in line)
+        assert "no heartbeat for" in dropped and "and no stream): dropped" in dropped, dropped
+        learner.wait_for(progress_with(1))
+        # A stops normally: it tells the learner, which drops it once its stream has ended.
+        status_a, output_a = a.stop()
+        assert status_a == 128 + signal.SIGTERM, output_a
+        said = learner.wait_for(lambda line: f"Env server 127.0.0.1:{port_a} left" in line)
+        assert "(it said it stops, and its stream ended): dropped; 0 env server(s)" in said, said
+    finally:
+        for command in (a, b):
+            if command is not None:
+                command.stop()
+        status, output = learner.stop()
+    assert status == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output
+    rows = read_log(str(tmp_path / "reg" / "logs.csv"))
+    assert max(int(r["env_servers"]) for r in rows) == 3
+    assert any("127.0.0.1=" in r["host_sps"] for r in rows)
+
+
+@pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
+def test_hosts_register_across_namespaces_over_mutual_tls(tmp_path):
+    with network_hosts(["learner", "env1", "env2"]) as hosts:
+        names = {h.name: h.address for h in hosts}
+        certs = tmp_path / "certs"
+        subprocess.run(["bash", MAKE_CERTS, certs, *(f"{name}={address}" for name, address in names.items())],
+                       check=True, capture_output=True)
+
+        def tls(name):
+            return ["--tls_cert", certs / f"{name}.crt", "--tls_key", certs / f"{name}.key", "--tls_ca",
+                    certs / "ca.crt"]
+
+        learner_address = f"{names['learner']}:4400"
+        learner = Command(module("torchbeast.polybeast_learner", "--env", CUE, "--registry_bind", "0.0.0.0:4400",
+                                 "--server_lease_s", 3, "--total_steps", 100_000_000, "--savedir", tmp_path,
+                                 "--xpid", "ns", *tls("learner"), *FAST, host=hosts["learner"]))
+        env = ["torchbeast.polybeast_env", "--env", CUE, "--bind", "0.0.0.0:4431", "--learner", learner_address]
+        servers = [Command(module(*env, "--num_servers", 1, *tls("env1"), host=hosts["env1"]))]
+        try:
+            learner.wait_for(lambda line: f"Env server {names['env1']}:4431 joined" in line)
+            learner.wait_for(progress_with(1))
+            # A second host joins mid-run; its two servers add actors, and its steps show per host.
+            servers.append(Command(module(*env, "--num_servers", 2, *tls("env2"), host=hosts["env2"])))
+            line = learner.wait_for(progress_with(3), timeout=90)
+            assert f"{names['env1']} " in line and f"{names['env2']} " in line, line
+            # A host whose certificate is signed by another CA is refused (its registration never lands).
+            other = tmp_path / "other"
+            subprocess.run(["bash", MAKE_CERTS, other, f"env2={names['env2']}"], check=True, capture_output=True)
+            rogue = Command(module(*env[:-4], "--bind", "0.0.0.0:4441", "--learner", learner_address,
+                                   "--num_servers", 1, "--tls_cert", other / "env2.crt", "--tls_key",
+                                   other / "env2.key", "--tls_ca", certs / "ca.crt", host=hosts["env2"]))
+            servers.append(rogue)
+            rogue.wait_for(lambda line: "cannot register with the learner" in line)
+            learner.wait_for(progress_with(3))
+        finally:
+            for server in servers:
+                server.stop()
+            status, output = learner.stop()
+    assert status == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output and f"{names['env2']}:4441" not in output
+    rows = read_log(str(tmp_path / "ns" / "logs.csv"))
+    hosts_seen = {pair.split("=")[0] for r in rows for pair in r["host_sps"].split()}
+    assert hosts_seen == {names["env1"], names["env2"]}, hosts_seen
+
+
+def test_bad_registration_flags_are_one_line(tmp_path):
+    listed = tmp_path / "servers.txt"
+    listed.write_text("# comment\nunix:/tmp/a\n\nnot-an-address\n")
+    proc = run_module("torchbeast.polybeast_learner", "--env", CUE, "--env_servers_file", listed,
+                      "--registry_bind", "0.0.0.0:4400", "--savedir", tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"polybeast_learner: error: --env_servers_file {listed} line 4: env server address "
+                                   "'not-an-address': expected unix:/path or host:port; --registry_bind 0.0.0.0:4400: "
+                                   "not a loopback address; traffic between hosts needs mutual TLS (--tls_cert, "
+                                   "--tls_key, --tls_ca; see scripts/make_certs.sh) or --insecure"), proc.stderr
+    proc = run_module("torchbeast.polybeast_env", "--learner", "learner", "--advertise", "10.0.0.2", check=False,
+                      timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("polybeast_env: error: --learner 'learner': expected unix:/path or host:port; "
+                                   "--advertise needs --learner and --bind (unix sockets are reached by their path)")
+    with socket.socket() as taken:  # a registry port that is served already
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = run_module("torchbeast.polybeast_learner", "--env", CUE, "--registry_bind",
+                          f"127.0.0.1:{taken.getsockname()[1]}", "--savedir", tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("cannot listen there (the port is in use, or the host is "
+                                                         "not an address of this machine)"), proc.stderr
+
+
+def test_env_servers_file_adds_to_env_servers(tmp_path):
+    listed = tmp_path / "servers.txt"
+    listed.write_text("10.0.0.2:4431  # host A\n10.0.0.3:4431\n\n# 10.0.0.4:4431\nunix:/tmp/a\n")
+    assert server_addresses(["unix:/tmp/a"], "unix:/tmp/pb", 4, str(listed)) == [
+        "unix:/tmp/a", "10.0.0.2:4431", "10.0.0.3:4431"]
+    assert server_addresses(None, "unix:/tmp/pb", 2) == ["unix:/tmp/pb.0", "unix:/tmp/pb.1"]
+    assert server_addresses(None, "unix:/tmp/pb", 2, registry_bind="127.0.0.1:4400") == []
+
+
+class FakeRegistry:
+    def __init__(self):
+        self.entries = {}
+
+    def leases(self):
+        return [dict(address=a, peer="ipv4:10.0.0.2:5000", seconds_since_heartbeat=s, leaving=left)
+                for a, (s, left) in sorted(self.entries.items())]
+
+    def forget(self, address):
+        return self.entries.pop(address, None) is not None
+
+
+class FakePool:
+    def __init__(self, given=()):
+        self.actors = {address: False for address in given}  # address -> connected
+
+    def status(self):
+        return [dict(address=a, connected=c) for a, c in self.actors.items()]
+
+    def add_server(self, address):
+        if address in self.actors:
+            return -1
+        self.actors[address] = True
+        return len(self.actors) - 1
+
+    def remove_server(self, address):
+        return self.actors.pop(address, None) is not None
+
+
+def test_registered_servers_follow_the_leases(caplog):
+    registry, pool = FakeRegistry(), FakePool(given=["127.0.0.1:9000"])
+    servers = RegisteredServers(registry, pool, lease_s=10, allow_plaintext_remote=False)
+    registry.entries = {"127.0.0.1:9001": (0.5, False), "127.0.0.1:9000": (0.5, False), "10.0.0.2:9002": (0.5, False)}
+    servers.sync()
+    assert set(pool.actors) == {"127.0.0.1:9000", "127.0.0.1:9001"}  # a given one is not added twice
+    assert "10.0.0.2:9002" not in registry.entries  # another host without TLS: refused, said once
+    assert sum("not added" in r.message for r in caplog.records) == 1
+    registry.entries["127.0.0.1:9001"] = (11.0, False)  # no heartbeat for longer than the lease ...
+    servers.sync()
+    assert "127.0.0.1:9001" in pool.actors  # ... but its stream still delivers: kept
+    pool.actors["127.0.0.1:9001"] = False
+    servers.sync()
+    assert "127.0.0.1:9001" not in pool.actors and "127.0.0.1:9001" not in registry.entries
+    registry.entries["127.0.0.1:9000"] = (20.0, True)
+    servers.sync()
+    assert "127.0.0.1:9000" in pool.actors  # given on the command line: never dropped
+    registry.entries["127.0.0.1:9001"] = (0.1, False)  # back again: a new actor
+    servers.sync()
+    assert pool.actors.get("127.0.0.1:9001") is True
+    assert any("Env server 127.0.0.1:9001 left (no heartbeat for 11 s and no stream)" in r.message
+               for r in caplog.records)
+
+
+def test_a_logs_csv_from_before_the_server_columns_gains_them_when_resumed(tmp_path):
+    from torchbeast.core.run_outputs import LOG_FIELDS, RunLogger
+
+    old = LOG_FIELDS[:LOG_FIELDS.index("env_servers")]
+    (tmp_path / "logs.csv").write_text(",".join(old) + "\n" + ",".join(["40"] + ["1"] * (len(old) - 1)) + "\n")
+    logger = RunLogger(str(tmp_path), tensorboard=False)
+    logger.log(dict(step=80, env_servers=2, host_sps="10.0.0.2=12.5"))
+    logger.close()
+    rows = read_log(str(tmp_path / "logs.csv"))
+    assert [(r["step"], r["env_servers"], r["host_sps"]) for r in rows] == [
+        ("40", "", ""), ("80", "2", "10.0.0.2=12.5")]
