@@ -16,8 +16,10 @@ namespace torchbeast {
 namespace {
 
 constexpr std::chrono::milliseconds kInitialBackoff(50);
-constexpr std::chrono::milliseconds kMaxBackoff(2000);
+constexpr std::chrono::milliseconds kMaxBackoff(1000);       // A server back from a restart is rejoined within ~1 s.
 constexpr std::chrono::milliseconds kMaxDropBackoff(30000);  // After a drop: a bad server is not hammered.
+// A stream that delivered this long after a drop has healed: later drops start from kInitialBackoff.
+constexpr std::chrono::seconds kHealedAfter(60);
 // Without an observation spec, the largest Step message accepted.
 constexpr int64_t kDefaultMaxMessageBytes = 64 << 20;
 
@@ -346,7 +348,7 @@ void ActorPool::Watchdog() {
 
 void ActorPool::RunActor(std::size_t index, std::string address) {
   const std::string actor = "actor " + std::to_string(index);
-  Connection connection{kInitialBackoff};
+  Connection connection{kInitialBackoff, kInitialBackoff};
   bool said_waiting = false;
   while (!StoppingOrRemoved(index)) {
     try {
@@ -359,10 +361,10 @@ void ActorPool::RunActor(std::size_t index, std::string address) {
     } catch (const PeerError& e) {
       Disconnected(index, e.what(), /*dropped=*/true);
       if (StoppingOrRemoved(index)) return;
-      const std::chrono::milliseconds wait = Jittered(connection.backoff);
+      const std::chrono::milliseconds wait = Jittered(connection.drop_backoff);
       Log(actor + " (" + address + "): dropped: " + e.what() + "; retrying in " + std::to_string(wait.count()) + " ms");
       if (!SleepUnlessStopped(index, wait)) return;
-      connection.backoff = std::min(2 * connection.backoff, kMaxDropBackoff);
+      connection.drop_backoff = std::min(2 * connection.drop_backoff, kMaxDropBackoff);
     } catch (const RpcError& e) {
       Disconnected(index, e.what(), /*dropped=*/false);
       if (StoppingOrRemoved(index)) return;
@@ -375,7 +377,7 @@ void ActorPool::RunActor(std::size_t index, std::string address) {
         said_waiting = true;
       }
       if (!SleepUnlessStopped(index, wait)) return;
-      connection.backoff = std::min(2 * connection.backoff, std::max(kMaxBackoff, connection.backoff));
+      connection.backoff = std::min(2 * connection.backoff, kMaxBackoff);
     } catch (const std::exception& e) {
       Disconnected(index, e.what(), /*dropped=*/false);
       Log(actor + " (" + address + ") failed: " + e.what());
@@ -401,6 +403,7 @@ void ActorPool::Stream(std::size_t index, const std::string& address, Connection
   };
   check(step);
   Delivered(index, /*counted=*/false);
+  const Clock::time_point stream_start = Clock::now();
   if (connection->lost) Log("actor " + std::to_string(index) + ": reconnected to " + address);
   connection->lost = false;
   connection->connected_once = true;
@@ -440,7 +443,10 @@ void ActorPool::Stream(std::size_t index, const std::string& address, Connection
       item.emplace("rollout", ConcatenateNests(rollout, /*dim=*/0));
       item.emplace("initial_agent_state", rollout_agent_state);
       learner_queue_->Enqueue(ArrayNest(std::move(item)));
-      connection->backoff = kInitialBackoff;  // A stream that delivers rollouts is healthy.
+      connection->backoff = kInitialBackoff;  // A stream that delivers rollouts is reachable.
+      // Delivering is not enough to forgive a drop: a server that goes bad after a few rollouts
+      // would otherwise be retried at the shortest backoff forever.
+      if (Clock::now() - stream_start >= kHealedAfter) connection->drop_backoff = kInitialBackoff;
       ArrayNest last = std::move(rollout.back());
       rollout.clear();
       rollout.push_back(std::move(last));

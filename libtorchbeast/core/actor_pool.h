@@ -42,8 +42,10 @@
 //
 // Until an actor first reaches its server, it logs once that it is waiting and retries
 // silently; later, when its server goes away, it logs and reconnects. Retries back off
-// exponentially with jitter (from 50 ms to 2 s, to 30 s after drops); the backoff starts over
-// once a stream has delivered a rollout. A reconnecting actor starts a new stream from
+// exponentially with jitter: reconnections from 50 ms to 1 s, starting over once a stream has
+// delivered a rollout; retries after drops from 50 ms to 30 s, starting over only once a stream
+// has delivered for a minute (a server that goes bad after a few rollouts is not hammered).
+// A reconnecting actor starts a new stream from
 // initial_agent_state and initial_action; the other actors go on. status() tells which actors
 // are connected now and when each last delivered a step. The pool stops when the learner
 // queue or the batcher is closed (Run() returns normally) or when an actor fails for another
@@ -141,9 +143,10 @@ class ActorPool {
  private:
   // One actor's reconnection state.
   struct Connection {
-    std::chrono::milliseconds backoff;
-    bool connected_once = false;  // A stream was opened: later failures are reconnections.
-    bool lost = false;            // The last stream broke (not dropped): say when it is back.
+    std::chrono::milliseconds backoff;       // Before reconnecting to a server that went away.
+    std::chrono::milliseconds drop_backoff;  // Before retrying a server dropped for what it sent.
+    bool connected_once = false;             // A stream was opened: later failures are reconnections.
+    bool lost = false;                       // The last stream broke (not dropped): say when it is back.
   };
   using Clock = std::chrono::steady_clock;
 

@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -414,6 +415,41 @@ TEST(ActorPoolTest, AShapeChangeDropsOnlyThatServer) {
                           CountingSpec());
   EXPECT_NE(log.find("dropped: observation 'frame' has shape [2, 4], expected [2, 3]; retrying in "), std::string::npos)
       << log;
+}
+
+TEST(ActorPoolTest, AServerThatGoesBadAfterDeliveringIsRetriedLessAndLessOften) {
+  // Bad from its 8th step on: each stream delivers rollouts (unroll length 2) before it is dropped,
+  // which must not reset the drop backoff (waits drawn from [b/2, b], b = 50, 100, 200, 400 ms).
+  EnvServer good(Counting(/*id=*/0, /*episode_length=*/5), TempSocket("good"));
+  EnvServer bad(Corrupting(/*id=*/1, /*from_step=*/8,
+                           [](EnvStep* step) {
+                             step->observation.map().at("frame") = Array::Zeros(DType::kUInt8, {2, 4});
+                           }),
+                TempSocket("bad"));
+  good.Start();
+  bad.Start();
+  Fixture f;
+  std::thread model(Model, f.batcher.get(), true);
+  ::testing::internal::CaptureStderr();
+  ActorPool pool(/*unroll_length=*/2, f.learner_queue, f.batcher, {good.address(), bad.address()}, InitialState(),
+                 /*initial_action=*/std::nullopt, CountingSpec());
+  std::thread runner([&pool] { pool.Run(); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (pool.status()[1].drops < 4 && std::chrono::steady_clock::now() < deadline) f.learner_queue->DequeueMany();
+  const int64_t drops = pool.status()[1].drops;
+  f.Close();
+  runner.join();
+  model.join();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_GE(drops, 4) << log;
+  std::vector<int64_t> waits;
+  const std::regex retry("actor 1 \\([^)]*\\): dropped: [^\\n]*; retrying in (\\d+) ms");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), retry); it != std::sregex_iterator(); ++it) {
+    waits.push_back(std::stoll((*it)[1]));
+  }
+  ASSERT_GE(waits.size(), 4u) << log;
+  EXPECT_LE(waits[0], 50) << log;
+  EXPECT_GE(waits[3], 200) << log;  // 400 ms drawn from [200, 400]; without the rule: <= 50.
 }
 
 TEST(ActorPoolTest, AFirstStepUnlikeTheSpecIsDropped) {
