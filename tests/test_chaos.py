@@ -227,7 +227,7 @@ def test_a_partitioned_env_host_is_dropped_then_rejoins(tmp_path, commands):
     # Three hosts (network namespaces): the learner and two env hosts. One env host's link goes
     # down for PARTITION_S, longer than --env_timeout_s: the learner drops it, trains on the other
     # and takes it back once the link is up again.
-    partition_s, env_timeout_s = 5.0, 3.0
+    partition_s, env_timeout_s = 10.0, 3.0  # the 10 s cut, past the timeout
     with network_hosts(["learner", "env0", "env1"]) as hosts:
         addresses = [f"{hosts[name].address}:4431" for name in ("env0", "env1")]
         servers = [env_server(commands, address, "--insecure", prefix=hosts[name].command([]))
