@@ -6,8 +6,13 @@ Run from the repository root (OSMesa unless MUJOCO_GL is set; see torchbeast.env
     python benchmarks/bench_env.py --steps 1000 --out /tmp/bench_env.json
     python benchmarks/bench_env.py --env memory_maze:MemoryMaze-9x9-v0 --procs 4
     python benchmarks/bench_env.py --only episodes --env memory_maze:MemoryMaze-9x9-ExtraObs-v0
+    python benchmarks/bench_env.py --only episodes --impls fast_v1,fast --rounds 3
 
-Whole episodes (`--only episodes`, one process per impl, the same seeded random actions):
+Whole episodes (`--only episodes`, one process per impl and round, the same seeded random actions):
+- `--rounds` R: each round runs every impl once, one after the other (round r: seed r for the
+  mazes and actions of every impl); the rows add up the rounds, and `x fast_v1 per round` lists each
+  round's ratio: on a shared machine the load drifts within minutes, and interleaving gives each
+  impl the same share of it.
 - after an untimed build and first reset (which compiles the textures in and uploads them: once
   per env), `--episodes` whole episodes are stepped, each followed by its reset, as training pays
   them. `step CPU ms` and `reset CPU s` are the process's CPU time (all its threads, so dm_control's
@@ -39,7 +44,7 @@ import platform
 import sys
 import time
 from importlib import metadata
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
@@ -81,11 +86,39 @@ def _episodes_worker(env_id: str, impl: str, episodes: int, max_steps: Optional[
             "whole_episodes": max_steps is None}
 
 
-def measure_episodes(env_id: str, impl: str, episodes: int, max_steps: Optional[int]) -> Dict[str, float]:
-    """CPU per step and per reset, and steps/s over whole episodes, of one env in a fresh process."""
+def measure_episodes(env_id: str, impls: List[str], episodes: int, upstream_steps: Optional[int],
+                     rounds: int) -> List[Dict[str, Any]]:
+    """CPU per step and per reset, and steps/s over whole episodes, of each impl's env.
+
+    Each round runs every impl once, one after the other, each in a fresh process; the rows add up
+    the rounds. On a machine shared with other work the load drifts by tens of percent within
+    minutes: interleaving the impls round by round gives each the same share of it, and the spread
+    of the per-round ratios shows what is left of the noise.
+    """
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        row = pool.apply(_episodes_worker, (env_id, impl, episodes, max_steps, 0))
+    parts: Dict[str, List[Dict[str, Any]]] = {impl: [] for impl in impls}
+    for round_index in range(rounds):
+        for impl in impls:
+            max_steps = upstream_steps if impl == "upstream" else None
+            with context.Pool(1) as pool:
+                parts[impl].append(pool.apply(_episodes_worker, (env_id, impl, episodes, max_steps, round_index)))
+    rows = []
+    for impl in impls:
+        row = dict(parts[impl][0])
+        for key in ("steps", "resets", "step_cpu_s", "reset_cpu_s", "wall_s"):
+            row[key] = sum(part[key] for part in parts[impl])
+        row["rounds"] = [{key: part[key] for key in ("steps", "resets", "step_cpu_s", "reset_cpu_s")}
+                         for part in parts[impl]]
+        rows.append(_with_rates(row))
+        for part in row["rounds"]:
+            _with_rates(dict(part, episode_length=row["episode_length"], whole_episodes=row["whole_episodes"]),
+                        into=part)
+    return rows
+
+
+def _with_rates(row: Dict[str, Any], into: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Adds step_cpu_ms, reset_cpu_s_each and episode_steps_per_cpu_s (to `into`, default `row`)."""
+    into = row if into is None else into
     step_ms = 1e3 * row["step_cpu_s"] / row["steps"]
     reset_s = row["reset_cpu_s"] / row["resets"]
     if row["whole_episodes"]:
@@ -93,13 +126,13 @@ def measure_episodes(env_id: str, impl: str, episodes: int, max_steps: Optional[
     else:
         length = row["episode_length"]
         rate = length / (length * step_ms / 1e3 + reset_s)
-    row.update(step_cpu_ms=step_ms, reset_cpu_s_each=reset_s, episode_steps_per_cpu_s=rate)
-    return row
+    into.update(step_cpu_ms=step_ms, reset_cpu_s_each=reset_s, episode_steps_per_cpu_s=rate)
+    return into
 
 
-def _episodes_table(rows: List[Dict[str, float]]) -> str:
+def _episodes_table(rows: List[Dict[str, Any]]) -> str:
     lines = [f"{'env':42} {'impl':>8} {'steps':>6} {'step CPU ms':>11} {'reset CPU s':>11} "
-             f"{'episode steps/s':>16} {'x fast_v1':>9} {'x upstream':>10}"]
+             f"{'episode steps/s':>16} {'x fast_v1':>9} {'x upstream':>10} {'x fast_v1 per round':>22}"]
     for env_id in sorted({r["env_id"] for r in rows}):
         by_impl = {r["impl"]: r for r in rows if r["env_id"] == env_id}
         for impl in IMPLS:
@@ -109,10 +142,15 @@ def _episodes_table(rows: List[Dict[str, float]]) -> str:
             rate = r["episode_steps_per_cpu_s"]
             ratio = {base: (f"{rate / by_impl[base]['episode_steps_per_cpu_s']:.2f}x" if base in by_impl else "-")
                      for base in ("fast_v1", "upstream")}
+            per_round = "-"
+            if "fast_v1" in by_impl:
+                per_round = " ".join(
+                    f"{mine['episode_steps_per_cpu_s'] / base['episode_steps_per_cpu_s']:.2f}"
+                    for mine, base in zip(r["rounds"], by_impl["fast_v1"]["rounds"]))
             rate_text = f"{rate:.1f}" + ("" if r["whole_episodes"] else " est.")
             lines.append(f"{env_id:42} {impl:>8} {r['steps']:6d} {r['step_cpu_ms']:11.2f} "
                          f"{r['reset_cpu_s_each']:11.3f} {rate_text:>16} {ratio['fast_v1']:>9} "
-                         f"{ratio['upstream']:>10}")
+                         f"{ratio['upstream']:>10} {per_round:>22}")
     return "\n".join(lines)
 
 
@@ -183,7 +221,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"env id (repeatable; default {', '.join(DEFAULT_ENVS)})")
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1,
                         help="process count of the multi-process row (default: one per core)")
-    parser.add_argument("--episodes", type=int, default=1, help="whole episodes per impl (episodes part)")
+    parser.add_argument("--episodes", type=int, default=1, help="whole episodes per impl and round (episodes part)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="episodes part: rounds, each running every impl once, interleaved (see measure_episodes)")
     parser.add_argument("--upstream_steps", type=int, default=300,
                         help="upstream steps at most in the episodes part (0: whole episodes)")
     parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated impls to measure")
@@ -193,8 +233,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                      "bench_env.json"), help="JSON output path")
     args = parser.parse_args(argv)
     impls = [impl for impl in args.impls.split(",") if impl]
-    if args.steps < 1 or args.warmup < 0 or args.procs < 1 or args.episodes < 1 or args.upstream_steps < 0:
-        parser.error("--steps, --procs and --episodes must be >= 1, --warmup and --upstream_steps >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.procs < 1 or args.episodes < 1 or args.rounds < 1 or \
+            args.upstream_steps < 0:
+        parser.error("--steps, --procs, --episodes and --rounds must be >= 1, --warmup and --upstream_steps >= 0")
     if any(impl not in IMPLS for impl in impls):
         parser.error(f"--impls: each must be one of {', '.join(IMPLS)}, got {args.impls!r}")
 
@@ -205,10 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     episode_rows = []
     if args.only in (None, "episodes"):
         for env_id in envs:
-            for impl in impls:
-                max_steps = args.upstream_steps if impl == "upstream" and args.upstream_steps else None
-                row = measure_episodes(env_id, impl, args.episodes, max_steps)
-                print(f"{env_id} {impl}: {row['step_cpu_ms']:.2f} ms CPU/step, {row['reset_cpu_s_each']:.3f} s "
+            for row in measure_episodes(env_id, impls, args.episodes, args.upstream_steps or None, args.rounds):
+                print(f"{env_id} {row['impl']}: {row['step_cpu_ms']:.2f} ms CPU/step, {row['reset_cpu_s_each']:.3f} s "
                       f"CPU/reset, {row['episode_steps_per_cpu_s']:.1f} steps per CPU s over whole episodes",
                       flush=True)
                 episode_rows.append(row)
@@ -239,6 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "steps": args.steps,
         "warmup": args.warmup,
         "episodes": args.episodes,
+        "rounds": args.rounds,
         "upstream_steps": args.upstream_steps,
         "episode_results": episode_rows,
         "results": rows,

@@ -30,13 +30,18 @@ def main() -> None:
     parser = training_parser(__doc__.split("\n\n")[0], "bench_train.json", env_steps=300, steps=12000,
                              train_flags_help="extra flags for both trainers, one string")
     args = parser.parse_args()
+    if "," in args.env_impl:
+        parser.error("--env_impl: bench_train.py takes one impl per run (bench_monobeast.py takes a list)")
     configure_rendering()  # the trainers' subprocesses inherit MUJOCO_GL
 
-    raw = raw_env_throughput(args.env, args.num_actors, steps=args.env_steps)
-    raw_episodes = raw_env_throughput(args.env, args.num_actors, episodes=args.raw_episodes)
+    impl = args.env_impl
+    raw = raw_env_throughput(args.env, args.num_actors, steps=args.env_steps, impl=impl)
+    raw_episodes = raw_env_throughput(args.env, args.num_actors, episodes=args.raw_episodes, impl=impl)
     extra = args.train_flags.split()
-    mono = training_sps(args.env, args.num_actors, args.steps, args.warmup, extra, module="torchbeast.monobeast")
-    poly = training_sps(args.env, args.num_actors, args.steps, args.warmup, extra, module="torchbeast.polybeast")
+    mono = training_sps(args.env, args.num_actors, args.steps, args.warmup, extra, module="torchbeast.monobeast",
+                        impl=impl)
+    poly = training_sps(args.env, args.num_actors, args.steps, args.warmup, extra, module="torchbeast.polybeast",
+                        impl=impl)
     print(f"\n{args.env}, {args.num_actors} actors, flags: {args.train_flags}  "
           f"({platform.machine()}, {os.cpu_count()} cores)")
     print(f"{'measurement':<30} {'steps/s':>10} {'/in episode':>12} {'/whole eps':>11}")
@@ -45,7 +50,8 @@ def main() -> None:
     for name, result in (("MonoBeast training", mono), ("PolyBeast training", poly)):
         print(f"{name:<30} {result['sps']:>10.1f} {result['sps'] / raw:>12.2f} {result['sps'] / raw_episodes:>11.2f}")
     print(f"PolyBeast / MonoBeast: {poly['sps'] / mono['sps']:.2f}")
-    result = dict(env=args.env, num_actors=args.num_actors, train_flags=args.train_flags, raw_steps_per_s=raw,
+    result = dict(env=args.env, env_impl=impl, num_actors=args.num_actors, train_flags=args.train_flags,
+                  raw_steps_per_s=raw,
                   raw_steps_per_s_whole_episodes=raw_episodes,
                   monobeast_sps=mono["sps"], polybeast_sps=poly["sps"],
                   polybeast_over_monobeast=poly["sps"] / mono["sps"],

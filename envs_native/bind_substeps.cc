@@ -1,7 +1,8 @@
-// torchbeast.envs._native_step: the native substep loop of the `fast` Memory Maze env
-// (torchbeast/envs/native_path.py). It takes the addresses of the mjModel/mjData that the Python
-// `mujoco` package owns; MJ_VERSION_HEADER lets Python refuse a MuJoCo other than the one this was
-// compiled against.
+// torchbeast.envs._native_step: the native substep loop and camera renderer of the `fast` Memory
+// Maze env (torchbeast/envs/native_path.py, native_render.py). It takes the addresses of the
+// mjModel/mjData that the Python `mujoco` package owns; MJ_VERSION_HEADER lets Python refuse a
+// MuJoCo other than the one this was compiled against.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -11,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "render.h"
 #include "substeps.h"
 
 namespace py = pybind11;
@@ -57,6 +59,11 @@ std::tuple<int, int, std::vector<bool>> RunSubstepsPy(std::uintptr_t model_addre
   return {result.substeps_done, result.warning, out};
 }
 
+const mjModel* ModelAt(std::uintptr_t address) {
+  if (address == 0) throw std::invalid_argument("null mjModel address");
+  return reinterpret_cast<const mjModel*>(address);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native_step, m) {
@@ -66,4 +73,46 @@ PYBIND11_MODULE(_native_step, m) {
         py::arg("legacy_step"), py::arg("target_geoms"), py::arg("target_materials"), py::arg("activated"),
         "Run `num_substeps` physics substeps with the walker's and the targets' after_substep hooks.\n"
         "Returns (substeps done, index of the MuJoCo warning that stopped them or -1, activated flags).");
+
+  using envs_native::CullResult;
+  using envs_native::EpisodeRenderer;
+  py::class_<CullResult>(m, "CullResult")
+      .def_readonly("culled", &CullResult::culled)
+      .def_readonly("kept", &CullResult::kept)
+      .def_readonly("removed", &CullResult::removed);
+  py::class_<EpisodeRenderer>(m, "EpisodeRenderer",
+                              "MjrContexts for a succession of episode models sharing one upload of the textures,\n"
+                              "and a scene; every method needs the OpenGL context current on the calling thread.")
+      .def(py::init<>())
+      .def_property_readonly("has_master", &EpisodeRenderer::has_master,
+                             "Whether a master context holds textures a placeholder model can share.")
+      .def(
+          "new_episode",
+          [](EpisodeRenderer& self, std::uintptr_t model_address, int max_geom, bool placeholder_textures) {
+            if (max_geom < 1) throw std::invalid_argument("max_geom must be >= 1");
+            self.NewEpisode(ModelAt(model_address), max_geom, placeholder_textures);
+          },
+          py::arg("model_address"), py::arg("max_geom"), py::arg("placeholder_textures"),
+          "Make the rendering contexts and scene of a newly compiled model.")
+      .def(
+          "render",
+          [](EpisodeRenderer& self, std::uintptr_t model_address, std::uintptr_t data_address, int camera_id, int width,
+             int height, bool cull) {
+            if (data_address == 0) throw std::invalid_argument("null mjData address");
+            if (width <= 0 || height <= 0) throw std::invalid_argument("width and height must be >= 1");
+            py::array_t<std::uint8_t> frame({height, width, 3});
+            std::uint8_t* out = frame.mutable_data();
+            CullResult result;
+            {
+              py::gil_scoped_release release;
+              result = self.Render(ModelAt(model_address), reinterpret_cast<mjData*>(data_address), camera_id, width,
+                                   height, cull, out);
+            }
+            return py::make_tuple(frame, result);
+          },
+          py::arg("model_address"), py::arg("data_address"), py::arg("camera_id"), py::arg("width"), py::arg("height"),
+          py::arg("cull"),
+          "Render fixed camera `camera_id` as dm_control's Camera.render() does: (frame (height, width, 3)\n"
+          "uint8 top row first, CullResult). With `cull`, geoms that cannot reach a pixel are left out first.")
+      .def("close", &EpisodeRenderer::Close, "Free the contexts and the scene.");
 }

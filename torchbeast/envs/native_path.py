@@ -143,9 +143,12 @@ class NativePath:
                 self._camera_observables[name] = observable
 
         self._models = EpisodeModels()
-        self._renderer = SharedTextureRenderer()
+        self._renderer = SharedTextureRenderer(self._native)
         self._physics: Optional[Any] = None
         self._callables: Dict[str, Callable[[], Any]] = {}
+        # Resets whose model was compiled with placeholder textures, rendering with the textures
+        # that the first episode uploaded (the tests check the hand-over ran).
+        self.shared_texture_resets = 0
         # Composer built and rendered a first physics already; we compile our own at each reset.
         env.physics.free()
 
@@ -185,6 +188,7 @@ class NativePath:
             self._physics = None
         model, placeholder_textures = self._models.compile(self._task.root_entity.mjcf_model,
                                                            master_ready=self._renderer.has_master)
+        self.shared_texture_resets += int(placeholder_textures)
         physics = mjcf.Physics.from_model(wrapper.MjModel(model))
         physics.legacy_step = self._env._legacy_step
         self._physics = physics
@@ -193,7 +197,8 @@ class NativePath:
         self._hooks.refresh_entity_hooks()
         self._check_substep_hooks()
         self._hooks.after_compile(self._proxy, self._env.random_state)
-        self._renderer.new_episode(model, placeholder_textures)
+        # The scene size dm_control's Camera would allocate for this model.
+        self._renderer.new_episode(model, placeholder_textures, wrapper.MjvScene(model=physics.model).maxgeom)
 
         self._callables = {}
         for name, observable in self._task.observables.items():
@@ -228,23 +233,13 @@ class NativePath:
                           f"({[getattr(f, '__qualname__', f) for f in functions]})")
 
     def _camera_callable(self, observable: Any) -> Callable[[], np.ndarray]:
-        import mujoco
-        from dm_control.mujoco import wrapper
-
         physics = self._physics
-        scene = wrapper.MjvScene(model=physics.model)
-        option = wrapper.MjvOption()
-        perturb = wrapper.MjvPerturb()
-        perturb.active = 0
-        perturb.select = 0
-        camera = wrapper.MjvCamera()
-        camera.fixedcamid = physics.model.name2id(observable._mjcf_element.full_identifier, "camera")
-        camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+        camera_id = physics.model.name2id(observable._mjcf_element.full_identifier, "camera")
         model, data = physics.model.ptr, physics.data.ptr
         width, height, render = observable.width, observable.height, self._renderer.render
 
         def get_observation() -> np.ndarray:
-            return render(model, data, scene, option, perturb, camera, width, height)
+            return render(model, data, camera_id, width, height)
 
         return get_observation
 

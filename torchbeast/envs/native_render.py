@@ -16,20 +16,25 @@ So, per env:
   materials, fog, buffers: everything per model), then its texture names are pointed at the
   master's texture objects, which live in the same OpenGL context. Before it is freed, its own
   placeholder names are put back, so freeing it never deletes the master's textures.
-- Frames render on the calling thread, as dm_control's `Camera.render` does (same scene, option,
-  camera and calls), without dm_control's render thread.
+- Frames render on the calling thread with the calls dm_control's `Camera.render` makes (same
+  scene size, option, camera; `_native_step.EpisodeRenderer`), without dm_control's render
+  thread. Before `mjr_render`, the geoms wholly outside the camera's view frustum, or wholly
+  hidden behind one opaque wall plane, are dropped from the scene (envs_native/render.h says why
+  that cannot change a pixel, and when it is not done): a Memory Maze camera sees a tenth to a
+  fifth of the maze's ~170-400 wall and floor planes, and with OSMesa every geom drawn costs ~8 us.
 
 The equivalence tests (tests/test_env_fast_step.py) compare the frames with upstream's, episode
 after episode.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-_FONT_SCALE = 150  # dm_control's MjrContext default (mujoco.mjtFontScale.mjFONTSCALE_150)
 _TEXTURE_ELEMENT = re.compile(r"<texture\b[^>]*>")
 
 
@@ -76,27 +81,41 @@ class EpisodeModels:
 
 
 class SharedTextureRenderer:
-    """One OpenGL context per env; an MjrContext per episode sharing the master's textures."""
+    """One OpenGL context per env; an MjrContext per episode sharing the master's textures.
 
-    def __init__(self) -> None:
+    The MuJoCo side (contexts, scene, mjv_updateScene / mjr_render / mjr_readPixels) is
+    `_native_step.EpisodeRenderer`; this class owns the OpenGL context. The context is made
+    current on the calling thread for each call and, with EGL, released after it: EGL refuses to
+    make a context current on one thread while another thread holds it, and an env may be stepped
+    from one thread and then another (a thread pool).
+    """
+
+    def __init__(self, native: Any, cull: bool = True) -> None:
+        self._native = native.EpisodeRenderer()
+        self._cull = cull
         self._gl: Optional[Any] = None
         self._gl_size: Tuple[int, int] = (0, 0)
-        self._master: Optional[Any] = None
-        self._context: Optional[Any] = None  # The current episode's MjrContext.
-        self._placeholder_names: Optional[np.ndarray] = None
+        self._release = _context_release()
+        self.last_cull: Optional[Any] = None  # CullResult of the last frame
 
     @property
     def has_master(self) -> bool:
         """Whether a master context holds textures that a placeholder model can share."""
-        return self._master is not None
+        return self._native.has_master
 
-    def _make_current(self) -> None:
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[None]:
         # Cheap (microseconds), and right even when another context was made current on this
         # thread since our last frame (another env in the process).
         self._gl.make_current()
+        try:
+            yield
+        finally:
+            if self._release is not None:
+                self._release()
 
-    def new_episode(self, model: Any, placeholder_textures: bool) -> None:
-        """Make the rendering context for a newly compiled model."""
+    def new_episode(self, model: Any, placeholder_textures: bool, max_geom: int) -> None:
+        """Make the rendering context and the scene (`max_geom` geoms) for a newly compiled model."""
         import mujoco
 
         size = (model.vis.global_.offwidth, model.vis.global_.offheight)
@@ -107,61 +126,33 @@ class SharedTextureRenderer:
         if self._gl is None:
             self._gl = mujoco.GLContext(*size)
             self._gl_size = size
-        self._make_current()
-        self._free_episode_context()
-        if placeholder_textures and self._master is not None:
-            context = mujoco.MjrContext(model, _FONT_SCALE)
-            count = context.ntexture
-            if count != self._master.ntexture or not np.array_equal(
-                    context.textureType[:count], self._master.textureType[:count]):
-                context.free()
-                raise RuntimeError(f"placeholder model has {count} textures, the master context "
-                                   f"{self._master.ntexture}: the texture sets differ")
-            self._placeholder_names = context.texture[:count].copy()
-            context.texture[:count] = self._master.texture[:count]
-        else:
-            if placeholder_textures:
-                raise RuntimeError("a placeholder-texture model needs a master context")
-            if self._master is not None:
-                self._master.free()
-            context = mujoco.MjrContext(model, _FONT_SCALE)
-            self._master = context
-        # mjr_makeContext leaves the window framebuffer bound; dm_control's Camera binds the
-        # offscreen one once, as we do here.
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, context)
-        self._context = context
+        with self._current():
+            self._native.new_episode(model._address, max_geom, placeholder_textures)
 
-    def render(self, model: Any, data: Any, scene: Any, option: Any, perturb: Any, camera: Any,
-               width: int, height: int) -> np.ndarray:
+    def render(self, model: Any, data: Any, camera_id: int, width: int, height: int) -> np.ndarray:
         """RGB (height, width, 3) uint8, top row first: dm_control's Camera.render(), same calls."""
-        import mujoco
-
-        self._make_current()
-        mujoco.mjv_updateScene(model, data, option, perturb, camera, mujoco.mjtCatBit.mjCAT_ALL, scene)
-        rect = mujoco.MjrRect(0, 0, width, height)
-        mujoco.mjr_render(rect, scene, self._context)
-        pixels = np.empty((height, width, 3), dtype=np.uint8)
-        mujoco.mjr_readPixels(pixels, None, rect, self._context)
-        return pixels[::-1].copy()
-
-    def _free_episode_context(self) -> None:
-        if self._context is None:
-            return
-        if self._context is not self._master:
-            # Put its own (placeholder) names back, so freeing it leaves the master's textures.
-            count = len(self._placeholder_names)
-            self._context.texture[:count] = self._placeholder_names
-            self._context.free()
-        self._context = None
-        self._placeholder_names = None
+        with self._current():
+            frame, self.last_cull = self._native.render(model._address, data._address, camera_id, width, height,
+                                                        self._cull)
+        return frame
 
     def close(self) -> None:
         if self._gl is None:
             return
-        self._make_current()
-        self._free_episode_context()
-        if self._master is not None:
-            self._master.free()
-            self._master = None
+        with self._current():
+            self._native.close()
         self._gl.free()
         self._gl = None
+
+
+def _context_release() -> Optional[Callable[[], None]]:
+    """What releases the current OpenGL context of this thread, for backends that need it (EGL)."""
+    if os.environ.get("MUJOCO_GL", "").strip().lower() != "egl":
+        return None
+    from mujoco import egl
+
+    def release() -> None:
+        egl.EGL.eglMakeCurrent(egl.EGL_DISPLAY, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_SURFACE,
+                               egl.EGL.EGL_NO_CONTEXT)
+
+    return release
