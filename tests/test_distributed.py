@@ -1,7 +1,8 @@
 """Data-parallel PolyBeast learners under torchrun (gloo on CPUs): two ranks on one host keep
-identical weights and resume together, a killed rank stops the other with a line naming it, two
-torchrun invocations across network namespaces (root only) train one model; the pure parts
-(placement, spread) in process."""
+identical weights, resume together and take env servers that register (rank 0 spreads them), a
+killed rank stops the other with a line naming it, two torchrun invocations across network
+namespaces (root only) train one model until one host is cut off; the pure parts (placement,
+spread) in process."""
 import importlib
 import os
 import queue
@@ -40,6 +41,18 @@ def test_spread_gives_every_rank_an_even_share_of_every_host():
     assert spread(addresses, 1) == [addresses]
     with pytest.raises(ConfigError, match=r"--env_servers: 1 env server\(s\) for 2 learners"):
         spread(["a:1"], 2)
+
+
+def test_spread_is_stable_as_servers_join_and_leave():
+    shares = spread(["g:1", "g:2"], 3, allow_empty=True)  # given ones; registered ones fill rank 2
+    assert shares == [["g:1"], ["g:2"], []]
+    shares = spread(["g:1", "g:2", "r:1", "r:2", "r:3", "r:4"], 3, previous=shares)
+    assert shares == [["g:1", "r:2"], ["g:2", "r:3"], ["r:1", "r:4"]]
+    # r:1 and r:2 leave: the others stay where they were; then a rank 2 servers ahead gives one away.
+    assert spread(["g:1", "g:2", "r:3", "r:4"], 3, previous=shares) == [["g:1"], ["g:2", "r:3"], ["r:4"]]
+    shares = spread(["g:1", "g:2", "r:4"], 3, previous=[["g:1"], ["g:2", "r:3", "r:4"], []])
+    assert shares == [["g:1"], ["g:2"], ["r:4"]]  # the last listed moved; the given g:2 stays
+    assert spread(["g:1", "r:4"], 3, previous=shares, allow_empty=True) == [["g:1"], [], ["r:4"]]
 
 
 def test_placement_comes_from_torchruns_environment():
@@ -165,10 +178,12 @@ def checkpoint_digest(run_dir):
     return int(state["step"]), state_digest(state["model_state_dict"])
 
 
-def test_two_learners_on_one_host_stay_identical_and_resume_together(tmp_path, env_servers):
-    servers = env_servers("127.0.0.1", 2)
-    args = [*FAST, "--env_servers", *servers.addresses, "--savedir", tmp_path, "--xpid", "dp", "--seed", 3]
-    output = run(torchrun(1, 2, *args, "--total_steps", 1600))
+def test_two_learners_on_one_host_stay_identical_resume_together_and_take_registered_servers(tmp_path, env_servers):
+    registry = f"127.0.0.1:{free_port()}"
+    # The servers also register (retrying while nothing serves registration): the resumed run finds them so.
+    servers = env_servers("127.0.0.1", 2, extra=["--learner", registry])
+    args = [*FAST, "--savedir", tmp_path, "--xpid", "dp", "--seed", 3]
+    output = run(torchrun(1, 2, *args, "--env_servers", *servers.addresses, "--total_steps", 800))
     assert "Learning from 1 env server(s): " + servers.addresses[0] in output  # rank 0's share
     assert "Learning from 1 env server(s): " + servers.addresses[1] in output  # rank 1's
     stops = digests(output, "stops")
@@ -180,15 +195,36 @@ def test_two_learners_on_one_host_stay_identical_and_resume_together(tmp_path, e
     assert steps == list(range(2 * T * B, steps[-1] + 1, 2 * T * B)), steps
     assert len(os.listdir(tmp_path / "dp" / "tensorboard")) == 1
 
-    resumed = run(torchrun(1, 2, *args, "--total_steps", 3200))
-    assert "Resuming" in resumed
+    # Resumed with registration instead of --env_servers: rank 0 alone serves it and spreads the
+    # servers over the ranks (none trains before each has one); a third server joining mid-run
+    # goes to rank 0 (the lowest rank of the smallest shares), whose progress lines then count 2.
+    total = 800 + 8000
+    node = subprocess.Popen(torchrun(1, 2, *args, "--registry_bind", registry, "--total_steps", total),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        output = Output(node)
+        output.until(lambda line: line.startswith("step") and int(line.split()[1]) > 800, "progress past step 800")
+        third = env_servers("127.0.0.1", 1, extra=["--learner", registry])
+        output.until(lambda line: line.startswith("step") and "| 2 env servers" in line, "progress line with 2 servers")
+        resumed = output.rest()
+    finally:
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.communicate()
+    assert node.returncode == 0, resumed
+    assert resumed.count("Serving env server registration on " + registry) == 1, resumed  # rank 0 alone
+    assert resumed.count("Every learner has env servers (1, 1 per rank): training starts") == 2, resumed
+    assert f"Env server {third.addresses[0]} joined (registered by " in resumed
     starts = digests(resumed, "starts")
     assert starts[0] == starts[1] == stops[0], resumed  # both ranks start from the checkpoint
     stops = digests(resumed, "stops")
-    assert stops[0] == stops[1] and stops[0][0] >= 3200, resumed
+    assert stops[0] == stops[1] and stops[0][0] >= total, resumed
     assert checkpoint_digest(tmp_path / "dp") == stops[0]
-    steps = [int(r["step"]) for r in read_log(str(tmp_path / "dp" / "logs.csv"))]
+    rows = read_log(str(tmp_path / "dp" / "logs.csv"))
+    steps = [int(r["step"]) for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == stops[0][0]
+    assert max(int(r["env_servers"] or 0) for r in rows) == 2
 
 
 class Output:
@@ -212,16 +248,20 @@ class Output:
             self.read.append(line)
         return line
 
-    def until_learning(self, timeout=90):
-        """Up to the first progress line past step 0; AssertionError after `timeout` seconds without one."""
+    def until(self, predicate, what, timeout=90):
+        """Up to the first line for which predicate(line) holds; AssertionError after `timeout` s without one."""
         deadline = time.monotonic() + timeout
         try:
             while (line := self._next(deadline)) is not None:
-                if line.startswith("step") and line.split()[1] != "0":
-                    return
+                if predicate(line):
+                    return line
         except queue.Empty:
             pass
-        raise AssertionError(f"no progress line within {timeout} s:\n{''.join(self.read)}")
+        raise AssertionError(f"no {what} within {timeout} s:\n{''.join(self.read)}")
+
+    def until_learning(self, timeout=90):
+        """Up to the first progress line past step 0."""
+        return self.until(lambda line: line.startswith("step") and line.split()[1] != "0", "progress line", timeout)
 
     def rest(self, timeout=120):
         """All the output once the process has ended (within `timeout` seconds)."""
@@ -262,7 +302,8 @@ def test_a_killed_learner_stops_the_other_naming_its_rank(tmp_path, env_servers)
     errors = [line for line in output.splitlines() if line.startswith("polybeast_learner: error:")]
     assert len(errors) == 1, output
     assert re.match(rf"polybeast_learner: error: learner-0: learner rank 1 \(pid {victims[0].pid} on \S+, node 1, "
-                    r"local rank 0\) stopped; the learner group cannot go on \(gradient all-reduce failed: ",
+                    r"local rank 0\) stopped; the learner group cannot go on "
+                    r"\((gradient all-reduce|episode statistics) failed: ",  # whichever collective it was in
                     errors[0]), output
     assert nodes[0].returncode != 0 and nodes[1].returncode != 0
     assert stopped_within < 60, stopped_within
@@ -286,39 +327,11 @@ def plaintext_flag(module):
 
 
 @pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
-def test_two_learners_in_two_network_namespaces(tmp_path, env_servers):
-    with network_hosts(["learner0", "learner1", "envs"]) as hosts:
-        envs = hosts["envs"]
-        servers = env_servers(envs.address, 2, command_prefix=envs.command([])[:4],
-                              extra=plaintext_flag("torchbeast.polybeast_env"))
-        master = (hosts["learner0"].address, 29400)
-        args = [*FAST, "--env_servers", *servers.addresses, "--savedir", tmp_path, "--xpid", "netns",
-                "--total_steps", 1600, *plaintext_flag("torchbeast.polybeast_learner")]
-        nodes = []
-        for rank in (0, 1):
-            host = hosts[f"learner{rank}"]
-            # gloo would otherwise pick the interface of the machine's hostname, which is not in the namespace.
-            env = dict(ENV, GLOO_SOCKET_IFNAME=interface_with_address(host.namespace, host.address))
-            nodes.append(subprocess.Popen(
-                host.command(torchrun(2, 1, *args, node_rank=rank, master=master, local_addr=host.address)),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
-        try:
-            outputs = [node.communicate(timeout=150)[0] for node in nodes]
-        finally:
-            for node in nodes:
-                if node.poll() is None:
-                    node.kill()
-                    node.communicate()
-    assert [node.returncode for node in nodes] == [0, 0], "\n=====\n".join(outputs)
-    stops = {**digests(outputs[0], "stops"), **digests(outputs[1], "stops")}
-    assert set(stops) == {0, 1} and stops[0] == stops[1], outputs
-    assert checkpoint_digest(tmp_path / "netns") == stops[0]
-    assert f"Learning from 1 env server(s): {servers.addresses[1]}" in outputs[1]  # rank 1 in its namespace
-
-
-@pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
-def test_a_learner_host_cut_off_the_network_stops_the_other_within_bounded_time(tmp_path, env_servers):
-    # No connection reset here: the survivor learns it from the silent heartbeat and the all-reduce timeout.
+def test_two_learners_in_two_network_namespaces_learn_together_until_one_is_cut_off(tmp_path, env_servers):
+    # One run for both: the learners meet across namespaces, start from the same weights and learn
+    # (each progress line past step 0 is an all-reduce between them); then learner1's host is cut
+    # off, with no connection reset: the survivor learns it from the silent heartbeat and the
+    # all-reduce timeout. (That replicas stay identical to the end is shown on one host above.)
     with network_hosts(["learner0", "learner1", "envs"]) as hosts:
         envs = hosts["envs"]
         servers = env_servers(envs.address, 2, command_prefix=envs.command([])[:4],
@@ -329,12 +342,15 @@ def test_a_learner_host_cut_off_the_network_stops_the_other_within_bounded_time(
         nodes = []
         for rank in (0, 1):
             host = hosts[f"learner{rank}"]
+            # gloo would otherwise pick the interface of the machine's hostname, which is not in the namespace.
             env = dict(ENV, GLOO_SOCKET_IFNAME=interface_with_address(host.namespace, host.address))
             nodes.append(subprocess.Popen(
                 host.command(torchrun(2, 1, *args, node_rank=rank, master=master, local_addr=host.address)),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+        other = Output(nodes[1])
         try:
             output = Output(nodes[0])
+            other.until(lambda line: "Learning from 1 env server(s)" in line, "line naming rank 1's env server")
             output.until_learning()
             hosts.disconnect("learner1")
             cut_at = time.monotonic()
@@ -344,7 +360,11 @@ def test_a_learner_host_cut_off_the_network_stops_the_other_within_bounded_time(
             for node in nodes:
                 if node.poll() is None:
                     node.kill()
-                    node.communicate()
+                    node.wait()
+            other.rest()
+    started = {**digests(output, "starts"), **digests("".join(other.read), "starts")}
+    assert set(started) == {0, 1} and started[0] == started[1], output  # rank 0's weights reached rank 1
+    assert f"Learning from 1 env server(s): {servers.addresses[1]}" in "".join(other.read)  # in its namespace
     errors = [line for line in output.splitlines() if line.startswith("polybeast_learner: error:")]
     assert len(errors) == 1, output
     assert re.match(r"polybeast_learner: error: learner rank 1 \(pid \d+ on \S+, node 1, local rank 0\) stopped: "

@@ -17,11 +17,18 @@ TRAINER = ENV | {
 INFERENCE = {"--num_inference_threads", "--max_inference_batch_size", "--inference_timeout_ms",
              "--max_learner_queue_size", "--inference_device", "--learner_device", "--env_timeout_s",
              "--connect_timeout_s"}
+# Between hosts: mutual TLS, or plaintext asked for (both ends of an env server connection).
+TLS = {"--tls_cert", "--tls_key", "--tls_ca", "--insecure"}
+DISTRIBUTED = {"--dist_backend", "--dist_timeout_s"}  # data-parallel learners under torchrun
 FLAGS = {
     "torchbeast.monobeast": TRAINER | {"--num_actors", "--num_buffers"},
-    "torchbeast.polybeast_learner": TRAINER | INFERENCE | {"--env_servers", "--pipes_basename", "--num_servers"},
+    "torchbeast.polybeast_learner": TRAINER | INFERENCE | TLS | DISTRIBUTED | {
+        "--env_servers", "--env_servers_file", "--pipes_basename", "--num_servers",
+        "--registry_bind", "--server_lease_s"},  # the learner's end of registration
+    # Starts its own env servers on unix sockets: no registration, TLS or torchrun flags.
     "torchbeast.polybeast": TRAINER | INFERENCE | {"--pipes_basename", "--num_servers"},
-    "torchbeast.polybeast_env": ENV | {"--num_servers", "--pipes_basename", "--bind", "--max_streams"},
+    "torchbeast.polybeast_env": ENV | TLS | {"--num_servers", "--pipes_basename", "--bind", "--max_streams",
+                                             "--learner", "--advertise"},  # the server's end of registration
 }
 
 
@@ -46,6 +53,7 @@ def test_help_lists_exactly_the_flags_of_the_entry_point(module):
     ("torchbeast.polybeast", ["--env_servers", "unix:/tmp/a"], "use polybeast_learner"),
     ("torchbeast.monobeast", ["--num_servers", "2"], None),
     ("torchbeast.polybeast_env", ["--total_steps", "10"], None),
+    ("torchbeast.polybeast", ["--registry_bind", "127.0.0.1:4400"], None),
 ])
 def test_a_flag_of_another_entry_point_is_one_line_and_exit_2(module, args, hint):
     proc = run_module(module, *args, check=False, timeout=120)

@@ -2,6 +2,7 @@
 --registry_bind): joining mid-run adds an actor, leaving (said, or silent) drops it with a log
 line; across network namespaces with mutual TLS; the flags' bad input; the learner's side of
 registration against fakes."""
+import logging
 import os
 import queue
 import signal
@@ -15,7 +16,7 @@ import pytest
 from cli import run_module
 from netns import netns_unavailable_reason, network_hosts
 
-from torchbeast.core.registration import RegisteredServers
+from torchbeast.core.registration import FollowedShares, LearnersReady, RegisteredServers, SpreadOverLearners
 from torchbeast.core.run_outputs import read_log
 from torchbeast.polybeast_learner import server_addresses
 
@@ -161,19 +162,20 @@ def test_hosts_register_across_namespaces_over_mutual_tls(tmp_path):
         try:
             learner.wait_for(lambda line: f"Env server {names['env1']}:4431 joined" in line)
             learner.wait_for(progress_with(1))
-            # A second host joins mid-run; its two servers add actors, and its steps show per host.
-            servers.append(Command(module(*env, "--num_servers", 2, *tls("env2"), host=hosts["env2"])))
-            line = learner.wait_for(progress_with(3), timeout=90)
-            assert f"{names['env1']} " in line and f"{names['env2']} " in line, line
-            # A host whose certificate is signed by another CA is refused (its registration never lands).
+            # A second host joins mid-run; its server adds an actor, and its steps show per host. At
+            # the same time, a host whose certificate is signed by another CA is refused (its
+            # registration never lands).
             other = tmp_path / "other"
             subprocess.run(["bash", MAKE_CERTS, other, f"env2={names['env2']}"], check=True, capture_output=True)
+            servers.append(Command(module(*env, "--num_servers", 1, *tls("env2"), host=hosts["env2"])))
             rogue = Command(module(*env[:-4], "--bind", "0.0.0.0:4441", "--learner", learner_address,
                                    "--num_servers", 1, "--tls_cert", other / "env2.crt", "--tls_key",
                                    other / "env2.key", "--tls_ca", certs / "ca.crt", host=hosts["env2"]))
             servers.append(rogue)
+            line = learner.wait_for(progress_with(2), timeout=90)
+            assert f"{names['env1']} " in line and f"{names['env2']} " in line, line
             rogue.wait_for(lambda line: "cannot register with the learner" in line)
-            learner.wait_for(progress_with(3))
+            learner.wait_for(progress_with(2))
         finally:
             for server in servers:
                 server.stop()
@@ -270,6 +272,55 @@ def test_registered_servers_follow_the_leases(caplog):
     assert pool.actors.get("127.0.0.1:9001") is True
     assert any("Env server 127.0.0.1:9001 left (no heartbeat for 11 s and no stream)" in r.message
                for r in caplog.records)
+
+
+def test_rank_0_spreads_registered_servers_over_the_learners_and_the_others_follow(caplog):
+    # Two learners: rank 0 serves the registry and publishes the shares; rank 1 follows them.
+    caplog.set_level(logging.INFO, logger="torchbeast")
+    registry, pools = FakeRegistry(), [FakePool(given=["127.0.0.1:9000"]), FakePool()]
+    published = []
+    readies = [LearnersReady(world_size=2), LearnersReady(world_size=2)]
+    rank0 = RegisteredServers(registry, pools[0], lease_s=10, select=SpreadOverLearners(
+        ["127.0.0.1:9000"], 2, publish=published.append, ready=readies[0]))
+    rank1 = FollowedShares(pools[1], read=lambda: published[-1] if published else None, rank=1, ready=readies[1])
+    rank1.sync()  # nothing published yet: nothing to do
+    rank0.sync()
+    rank1.sync()
+    assert published[-1] == [["127.0.0.1:9000"], []] and not pools[1].actors
+    assert not readies[0].event.is_set() and not readies[1].event.is_set()  # rank 1 has none: nobody trains
+    assert readies[0].check(timeout_s=0.0)().detail == (
+        "only 1 env server(s) for 2 learners after 0 s (--connect_timeout_s): every learner needs one before they "
+        "train; start more with polybeast_env --learner")
+    registry.entries = {"127.0.0.1:9001": (0.1, False)}
+    rank0.sync()
+    rank1.sync()
+    assert set(pools[0].actors) == {"127.0.0.1:9000"} and set(pools[1].actors) == {"127.0.0.1:9001"}
+    assert readies[0].event.is_set() and readies[1].event.is_set()
+    assert readies[1].check(timeout_s=0.0)() is None
+    registry.entries.update({"127.0.0.1:9002": (0.1, False), "127.0.0.1:9003": (0.1, False)})
+    rank0.sync()
+    rank1.sync()
+    assert published[-1] == [["127.0.0.1:9000", "127.0.0.1:9002"], ["127.0.0.1:9001", "127.0.0.1:9003"]]
+    assert set(pools[0].actors) == {"127.0.0.1:9000", "127.0.0.1:9002"}
+    assert set(pools[1].actors) == {"127.0.0.1:9001", "127.0.0.1:9003"}
+    # 9001 leaves (said so, its stream has ended): rank 1 drops it; the shares stay even, nothing moves.
+    registry.entries["127.0.0.1:9001"] = (0.1, True)
+    rank0.sync()
+    rank1.sync()
+    assert published[-1] == [["127.0.0.1:9000", "127.0.0.1:9002"], ["127.0.0.1:9003"]]
+    assert set(pools[1].actors) == {"127.0.0.1:9003"}
+    # 9003 goes silent too: rank 0 hands 9002 over, so that rank 1 is not left without a server.
+    registry.entries["127.0.0.1:9003"] = (11.0, False)
+    rank0.sync()
+    rank1.sync()
+    assert published[-1] == [["127.0.0.1:9000"], ["127.0.0.1:9002"]]
+    assert set(pools[0].actors) == {"127.0.0.1:9000"} and set(pools[1].actors) == {"127.0.0.1:9002"}
+    messages = [r.message for r in caplog.records]
+    assert "Env server 127.0.0.1:9002 left (handed to another learner): dropped; 1 env server(s)" in messages
+    assert "Env server 127.0.0.1:9003 left (rank 0 dropped it): dropped; 1 env server(s)" in messages
+    assert sum(m.startswith("Waiting for env servers: 1 for 2 learners, learner rank(s) 1 have none yet")
+               for m in messages) == 2  # once on each rank
+    assert sum(m.startswith("Every learner has env servers") for m in messages) == 2
 
 
 def test_a_logs_csv_from_before_the_server_columns_gains_them_when_resumed(tmp_path):

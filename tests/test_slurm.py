@@ -165,7 +165,8 @@ def test_the_sbatch_script_trains_and_checkpoints_on_a_one_node_cluster(cluster,
                   f"--num_learner_threads 1 --num_inference_threads 1 --num_threads 1 --total_steps {total_steps}")
     env = dict(cluster.env, ENV_NODES="1", SERVERS_PER_NODE="2", GPUS_PER_NODE="2", ENV_ID="torchbeast:CueMemory-v0",
                XPID="slurm", SAVEDIR=str(tmp_path), TRAIN_ARGS=train_args, TLS_ARGS=plaintext_flag(),
-               BASE_PORT=str(free_port()), MASTER_PORT=str(free_port()), PYTHON=sys.executable,
+               BASE_PORT=str(free_port()), MASTER_PORT=str(free_port()), REGISTRY_PORT=str(free_port()),
+               PYTHON=sys.executable,
                MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
     output = tmp_path / "job.out"
     start = time.monotonic()
@@ -190,6 +191,8 @@ def test_the_sbatch_script_trains_and_checkpoints_on_a_one_node_cluster(cluster,
     assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), \
         f"{job}\n--- job output:\n{text}\n{cluster.logs()}"
     assert "2 env server(s)" in text and "learners exited with status 0" in text, text
+    # The servers registered with rank 0, which gave each learner one of them.
+    assert text.count("Every learner has env servers (1, 1 per rank): training starts") == 2, text
     state = load_checkpoint(str(tmp_path / "slurm" / "model.tar"))
     assert state["step"] >= total_steps, text
     assert int(read_log(str(tmp_path / "slurm" / "logs.csv"))[-1]["step"]) == state["step"]

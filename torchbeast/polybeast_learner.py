@@ -39,7 +39,7 @@ from torchbeast.core.cli import exit_now, run_command, setup_logging
 from torchbeast.core.device import select_device, set_cpu_threads
 from torchbeast.core.environment import observation_shapes
 from torchbeast.core.evaluate import test
-from torchbeast.core.registration import RegisteredServers
+from torchbeast.core.registration import FollowedShares, LearnersReady, RegisteredServers, SpreadOverLearners
 from torchbeast.core.rollout import agent_step, flatten_step
 from torchbeast.core.server_stats import ServerRates
 from torchbeast.core.supervisor import HealthCheck, StopReason, WatchedThread, run_learner
@@ -214,15 +214,17 @@ def observation_spec(env_id: str) -> Dict[str, np.ndarray]:
 def servers_reachable(pool: Any, addresses: Sequence[str], timeout_s: float,
                       clock: Callable[[], float] = time.monotonic) -> HealthCheck:
     """A health check failing (exit 2) when no env server has delivered a step for `timeout_s`
-    seconds, counted from its creation or from the last step any server delivered."""
-    start = clock()
+    seconds, counted from its creation or from the last step any server delivered (or, when the
+    actors of the servers that delivered are gone, from when the check last saw one connected)."""
+    last_connected = [clock()]
 
     def check() -> Optional[StopReason]:
         status = pool.status()
         if any(s["connected"] for s in status):
+            last_connected[0] = clock()
             return None
         since_steps = [s["seconds_since_last_step"] for s in status if s["seconds_since_last_step"] is not None]
-        waited = min([clock() - start, *since_steps])
+        waited = min(since_steps) if since_steps else clock() - last_connected[0]
         if waited < timeout_s:
             return None
         problems = sorted({s["last_problem"] for s in status if s["last_problem"]})
@@ -245,8 +247,10 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
     tls = load_tls(flags) if hasattr(flags, "tls_cert") else None  # polybeast.py: unix sockets only
     registry_bind = getattr(flags, "registry_bind", None)
     warn_if_insecure(flags, [*addresses, *([registry_bind] if registry_bind else [])])
+    placement = distributed.placement_from_env()  # data-parallel learners under torchrun; None: alone
     registry = None
-    if registry_bind:  # before the run's outputs: a port in use is bad input (exit 2)
+    if registry_bind and (placement is None or placement.rank == 0):  # rank 0 alone serves it
+        # before the run's outputs: a port in use is bad input (exit 2)
         registry = libtorchbeast.Registry(registry_bind, heartbeat_s=flags.server_lease_s / 3,
                                           tls=tls.config() if tls else None)
         try:
@@ -256,7 +260,6 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
                               "host is not an address of this machine)") from None
         log.info("Serving env server registration on %s%s", registry_bind, " (mutual TLS)" if tls else "")
 
-    placement = distributed.placement_from_env()  # data-parallel learners under torchrun; None: alone
     default_device = select_device(distributed.learner_gpu(placement, flags.gpu_n), flags.disable_cuda)
     learner_device = parse_device(flags.learner_device, "--learner_device", default_device)
     inference_device = parse_device(flags.inference_device, "--inference_device", default_device)
@@ -295,8 +298,13 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
     rates_in_log, rates_in_progress = ServerRates(pool.status), ServerRates(pool.status)
     state.server_stats = rates_in_log.row
     stop_following = threading.Event()
+    ready = None  # with registration in a group: set once every rank has an env server  # rank
+    if registry_bind and group is not None:
+        ready = LearnersReady(group.world_size)
 
     def learn(stop: threading.Event) -> None:
+        if ready is not None and not ready.wait(stop):  # rank: every rank has an env server first
+            return
         for item in learner_queue:  # ends when the queue is closed
             if state.done or stop.is_set():
                 return
@@ -313,13 +321,25 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
 
     workers = [WatchedThread("actor pool", pool.run)]
     if registry is not None:
+        select = None
+        if group is not None:  # rank 0 of a group: shares the servers out  # rank
+            select = SpreadOverLearners(given_addresses(flags), group.world_size, group.publish_shares, ready)
         registered = RegisteredServers(registry, pool, flags.server_lease_s,
-                                       allow_plaintext_remote=bool(tls) or flags.insecure)
+                                       allow_plaintext_remote=bool(tls) or flags.insecure, select=select)
         workers.append(WatchedThread("env server registration", registered.run, stop_following))
+    elif ready is not None:  # another rank: follows the shares of rank 0  # rank
+        followed = FollowedShares(pool, group.published_shares, group.rank, ready)
+        workers.append(WatchedThread("env server shares", followed.run, stop_following))
     workers += [WatchedThread(f"inference thread {i}", inference_loop, batcher, inference_model, inference_device)
                 for i in range(flags.num_inference_threads)]
-    log.info("Learning from %d env server(s): %s%s", len(addresses), ", ".join(addresses),
-             f" and those registering on {registry_bind}" if registry_bind else "")
+    if registry is not None:
+        joining = f" and those registering on {registry_bind}"
+    elif registry_bind:  # rank
+        joining = " and those learner rank 0 hands it"
+    else:
+        joining = ""
+    log.info("Learning from %d env server(s)%s%s", len(addresses), ": " + ", ".join(addresses) if addresses else "",
+             joining)
     for worker in workers:
         worker.start()
     try:
@@ -327,6 +347,7 @@ def train(flags: argparse.Namespace, addresses: List[str], health_checks: Sequen
         return run_learner(state, reporter, learn,
                            flags.num_learner_threads,
                            health_checks=[*(w.failure for w in workers), *health_checks,
+                                          *([ready.check(flags.connect_timeout_s)] if ready else []),  # rank
                                           servers_reachable(pool, addresses, flags.connect_timeout_s),
                                           *([group.peers_alive] if group else [])],  # rank
                            release=release)
@@ -348,8 +369,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return None
         addresses = given_addresses(flags)
         placement = distributed.placement_from_env()  # rank: a torchrun learner takes its share of the servers
-        if placement is not None:
-            addresses = distributed.spread(addresses, placement.world_size)[placement.rank]
+        if placement is not None:  # with registration, servers that register fill the shares left empty
+            addresses = distributed.spread(addresses, placement.world_size,
+                                           allow_empty=bool(flags.registry_bind))[placement.rank]
         return train(flags, addresses)
 
     return run_command("polybeast_learner", body)

@@ -7,6 +7,9 @@ and MASTER_PORT in its environment; without them (or with WORLD_SIZE 1) a learne
 exactly as it did before this module. In a group of N learners:
 
 - each has its own actor pool and inference batcher over its share of the env servers (`spread`);
+  with --registry_bind, rank 0 alone serves the registration, spreads the registered servers over
+  the ranks and publishes the shares in torchrun's store, where the others read them
+  (`torchbeast.core.registration`);
 - each learns from its own batches, and the gradients are averaged over the group (one
   all-reduce per update, NCCL between GPUs, gloo between CPUs) before clipping and the optimiser
   step, so the replicas, which start from rank 0's parameters, stay identical;
@@ -27,6 +30,7 @@ import dataclasses
 import datetime
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -46,6 +50,7 @@ log = logging.getLogger("torchbeast")
 
 HEARTBEAT_PERIOD_S = 0.5
 HEARTBEAT_TIMEOUT_S = 15.0  # a learner silent this long has stopped (or its host is cut off)
+SHARES_KEY = "torchbeast/env_server_shares"  # rank 0's spread of the registered env servers, as JSON
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +87,38 @@ def placement_from_env(environ: Mapping[str, str] = os.environ) -> Optional[Plac
     return Placement(rank, world_size, local_rank, node, master_addr, master_port)
 
 
-def spread(addresses: Sequence[str], world_size: int) -> List[List[str]]:
-    """The env servers of each rank: rank r takes addresses r, r + N, r + 2N, ... of N ranks, so the
-    shares differ by at most one server and each takes servers from every host of a list grouped
-    by host. ConfigError when there are fewer servers than ranks."""
-    if len(addresses) < world_size:
+def spread(addresses: Sequence[str], world_size: int, previous: Optional[Sequence[Sequence[str]]] = None,
+           allow_empty: bool = False) -> List[List[str]]:
+    """The env servers of each rank. Without `previous`, rank r takes addresses r, r + N, r + 2N,
+    ... of N ranks, so the shares differ by at most one server and each takes servers from every
+    host of a list grouped by host.
+
+    With `previous` (the shares of the last call) the spread is stable: an address still listed
+    keeps its rank, a new one goes to a rank with the fewest (the lowest such rank), and only when
+    two shares then differ by more than one does the last-listed address of the largest share move
+    to the smallest. Listing the fixed addresses (--env_servers) first keeps them where they are.
+
+    ConfigError when there are fewer servers than ranks, unless `allow_empty` (servers that
+    register later fill the empty shares)."""
+    if len(addresses) < world_size and not allow_empty:
         raise ConfigError(f"--env_servers: {len(addresses)} env server(s) for {world_size} learners "
                           f"(WORLD_SIZE {world_size}); every learner needs at least one")
-    return [list(addresses[rank::world_size]) for rank in range(world_size)]
+    order = {address: i for i, address in enumerate(dict.fromkeys(addresses))}
+    kept = {address: rank for rank, share in enumerate(previous or []) for address in share if address in order}
+    shares: List[List[str]] = [[] for _ in range(world_size)]
+    for address, rank in kept.items():
+        if rank < world_size:
+            shares[rank].append(address)
+    placed = {address for share in shares for address in share}
+    for address in order:
+        if address not in placed:
+            min(shares, key=len).append(address)
+    while True:
+        largest, smallest = max(shares, key=len), min(shares, key=len)
+        if len(largest) - len(smallest) <= 1:
+            break
+        smallest.append(largest.pop(max(range(len(largest)), key=lambda i: order[largest[i]])))
+    return [sorted(share, key=order.__getitem__) for share in shares]
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -163,6 +192,8 @@ class LearnerGroup:
         self._store.set(f"torchbeast/who/{self.rank}",
                         f"pid {os.getpid()} on {socket.gethostname()}, node {placement.node}, "
                         f"local rank {placement.local_rank}")
+        if self.rank == 0:  # shares an earlier attempt (torchrun --max_restarts) published are stale
+            self._store.delete_key(SHARES_KEY)
         self._last_count = [-1] * self.world_size
         self._last_change = [time.monotonic()] * self.world_size
         self._store_error: Optional[str] = None
@@ -260,6 +291,20 @@ class LearnerGroup:
         gathered = [torch.zeros(longest, dtype=torch.float64) for _ in range(self.world_size)]
         self._collective("episode statistics", lambda: dist.all_gather(gathered, padded, group=group))
         return [float(v) for g, c in zip(gathered, counts) for v in g[:int(c)].tolist()]
+
+    # --- env server shares (registration) ------------------------------------------------------
+
+    def publish_shares(self, shares: Sequence[Sequence[str]]) -> None:
+        """Rank 0: the env servers of every rank (`spread`), for the others to follow. It goes
+        through torchrun's rendezvous store rather than a collective: a rank without env servers
+        never reaches the next all-reduce, and must still learn of the servers given to it."""
+        self._store.set(SHARES_KEY, json.dumps([list(share) for share in shares]))
+
+    def published_shares(self) -> Optional[List[List[str]]]:
+        """The shares rank 0 published last, or None before it published any."""
+        if not self._store.check([SHARES_KEY]):
+            return None
+        return [list(share) for share in json.loads(self._store.get(SHARES_KEY))]
 
     # --- heartbeats ----------------------------------------------------------------------------
 
