@@ -70,6 +70,32 @@ bool HasShadowsOrReflections(const mjvScene* scn) {
 }
 
 // Whether geom `g` lies wholly outside one of the half-spaces, relative to `eye`.
+// The radius of a sphere around the geom's centre that holds all of it, with the culling margins;
+// false for geom types without one (meshes, lines, arrows, flexes, skins, ...) or a bad size.
+bool BoundingRadius(const mjvGeom& g, float* radius) {
+  const float* size = g.size;
+  switch (g.type) {
+    case mjGEOM_SPHERE:
+    case mjGEOM_ELLIPSOID:
+      *radius = std::max({size[0], size[1], size[2]});
+      break;
+    case mjGEOM_CAPSULE:
+      *radius = std::max(size[0], size[1]) + size[2];
+      break;
+    case mjGEOM_CYLINDER:
+      *radius = std::sqrt(std::max(size[0], size[1]) * std::max(size[0], size[1]) + size[2] * size[2]);
+      break;
+    case mjGEOM_BOX:
+      *radius = std::sqrt(Dot(size, size));
+      break;
+    default:
+      return false;
+  }
+  if (!std::isfinite(*radius) || *radius < 0.0f) return false;
+  *radius = *radius * kRadiusMargin + kDistanceSlack;
+  return true;
+}
+
 bool OutsideFrustum(const mjModel* m, const mjvGeom& g, const float* eye, const HalfSpace* sides, int nsides) {
   if (g.label[0] != '\0') return false;  // its label could show even if it does not
   float center[3] = {g.pos[0] - eye[0], g.pos[1] - eye[1], g.pos[2] - eye[2]};
@@ -102,26 +128,7 @@ bool OutsideFrustum(const mjModel* m, const mjvGeom& g, const float* eye, const 
     return false;
   }
   float radius;
-  const float* size = g.size;
-  switch (g.type) {
-    case mjGEOM_SPHERE:
-    case mjGEOM_ELLIPSOID:
-      radius = std::max({size[0], size[1], size[2]});
-      break;
-    case mjGEOM_CAPSULE:
-      radius = std::max(size[0], size[1]) + size[2];
-      break;
-    case mjGEOM_CYLINDER:
-      radius = std::sqrt(std::max(size[0], size[1]) * std::max(size[0], size[1]) + size[2] * size[2]);
-      break;
-    case mjGEOM_BOX:
-      radius = std::sqrt(Dot(size, size));
-      break;
-    default:
-      return false;  // meshes, lines, arrows, flexes, skins, ...: always kept
-  }
-  if (!std::isfinite(radius) || radius < 0.0f) return false;
-  radius = radius * kRadiusMargin + kDistanceSlack;
+  if (!BoundingRadius(g, &radius)) return false;  // meshes, lines, arrows, flexes, skins, ...: always kept
   for (int s = 0; s < nsides; ++s) {
     if (Dot(sides[s].normal, center) < sides[s].offset - radius) return true;
   }
@@ -232,27 +239,8 @@ int BoundingPoints(const mjModel* m, const mjvGeom& g, const float* eye, float p
     std::memcpy(points, corners, sizeof(corners));
     return 4;
   }
-  const float* size = g.size;
   float radius;
-  switch (g.type) {
-    case mjGEOM_SPHERE:
-    case mjGEOM_ELLIPSOID:
-      radius = std::max({size[0], size[1], size[2]});
-      break;
-    case mjGEOM_CAPSULE:
-      radius = std::max(size[0], size[1]) + size[2];
-      break;
-    case mjGEOM_CYLINDER:
-      radius = std::sqrt(std::max(size[0], size[1]) * std::max(size[0], size[1]) + size[2] * size[2]);
-      break;
-    case mjGEOM_BOX:
-      radius = std::sqrt(Dot(size, size));
-      break;
-    default:
-      return 0;
-  }
-  if (!std::isfinite(radius) || radius < 0.0f) return 0;
-  radius = radius * kRadiusMargin + kDistanceSlack;
+  if (!BoundingRadius(g, &radius)) return 0;
   for (int k = 0; k < 8; ++k) {  // the corners of the world-aligned cube around the bounding sphere
     for (int i = 0; i < 3; ++i) points[k][i] = g.pos[i] - eye[i] + ((k >> i) & 1 ? radius : -radius);
   }
