@@ -70,6 +70,16 @@ def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> s
     )
 
 
+FUZZER_LAUNCHER = ["sh", "-c", '"$@"; exit $?', "sh"]  # A shell that forks the command, not execs it.
+
+
+def _run_fuzzer(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs the fuzz target as the child of a small shell. Linux keeps a process's peak RSS across
+    exec, so a target forked straight from pytest (gigabytes by then) starts with pytest's peak,
+    and libFuzzer's -rss_limit_mb (2048 by default) reports an out-of-memory at its first check."""
+    return _run([*FUZZER_LAUNCHER, *cmd], timeout, env)
+
+
 @pytest.fixture(scope="module")
 def fuzzer() -> Path:
     """The fuzz target, configured on first use and then rebuilt only where sources changed."""
@@ -124,7 +134,7 @@ def test_committed_seeds_are_what_make_corpus_writes(tmp_path: Path) -> None:
 def test_corpus_replays_without_crash_and_each_seed_is_taken_as_named(fuzzer: Path) -> None:
     inputs = sorted(CORPUS.iterdir())
     assert len(inputs) >= 30
-    result = _run([str(fuzzer), *map(str, inputs)], 120, env={"TB_FUZZ_REPORT": "1"})
+    result = _run_fuzzer([str(fuzzer), *map(str, inputs)], 120, env={"TB_FUZZ_REPORT": "1"})
     assert result.returncode == 0, f"replaying the corpus crashed:\n{result.stderr[-6000:]}"
     reports = _reports(result.stderr)
     assert sorted(reports) == [p.name for p in inputs], "not every corpus file was replayed"
@@ -149,7 +159,7 @@ def test_a_crash_in_the_target_fails_the_run(fuzzer: Path, tmp_path: Path) -> No
     mc = _load_make_corpus()
     canary = tmp_path / "canary"
     canary.write_bytes(mc.step(mc.nest_map({"fuzz-canary": mc.leaf(mc.ndarray("uint8", [1]))})))
-    clean = _run([str(fuzzer), str(canary)], 60, env={"TB_FUZZ_REPORT": "1"})
+    clean = _run_fuzzer([str(fuzzer), str(canary)], 60, env={"TB_FUZZ_REPORT": "1"})
     assert clean.returncode == 0 and "step: ok" in clean.stderr, clean.stderr[-3000:]
     # A fuzzing run (not a replay, which writes no crash file) from a corpus holding the canary.
     corpus = tmp_path / "corpus"
@@ -157,7 +167,7 @@ def test_a_crash_in_the_target_fails_the_run(fuzzer: Path, tmp_path: Path) -> No
     shutil.copy(canary, corpus)
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
-    crashed = _run(
+    crashed = _run_fuzzer(
         [str(fuzzer), "-runs=100", f"-artifact_prefix={artifacts}/", str(corpus)], 60, env={"TB_FUZZ_CANARY": "1"}
     )
     assert crashed.returncode != 0
@@ -185,14 +195,15 @@ def test_fuzzing_finds_no_crash(fuzzer: Path, tmp_path: Path) -> None:
         str(CORPUS),
     ]
     start = time.monotonic()
-    result = _run(cmd, FUZZ_SECONDS + 180)
+    result = _run_fuzzer(cmd, FUZZ_SECONDS + 180)
     elapsed = time.monotonic() - start
     crashes = _artifacts(artifacts)
     kept = BUILD / "findings"  # Outlives tmp_path, for whoever reads the failure.
     for crash in crashes:
         kept.mkdir(exist_ok=True)
         shutil.copy(crash, kept)
-    tail = result.stderr[-8000:]
+    error = result.stderr.find("==ERROR")  # The report's head names what failed; stacks follow.
+    tail = result.stderr[error : error + 6000] if error >= 0 else result.stderr[-6000:]
     assert result.returncode == 0 and not crashes, (
         f"the fuzzer failed (exit {result.returncode}) with {[str(kept / p.name) for p in crashes]}; keep the "
         f"input as fuzz/corpus/regression-<what> and fix the decoding:\n{tail}"
@@ -202,3 +213,18 @@ def test_fuzzing_finds_no_crash(fuzzer: Path, tmp_path: Path) -> None:
     assert int(runs.group(1)) > 0
     new = len(list(found.iterdir()))
     print(f"\n[fuzz] {FUZZ_SECONDS} s asked, {elapsed:.1f} s run: {int(runs.group(1))} executions, {new} new inputs")
+
+
+def test_the_fuzzers_memory_limit_ignores_pytests_memory(fuzzer: Path, tmp_path: Path) -> None:
+    """A parent holding more than the target's -rss_limit_mb must not make the target report an
+    out-of-memory (see _run_fuzzer): run it for 3 s (the limit is checked each second) from a Python
+    child that holds 1500 MB, with a 1000 MB limit (the target itself stays under 500 MB)."""
+    script = (
+        "import subprocess, sys\n"
+        "held = bytearray(1500 * 1024 * 1024)\n"
+        "for i in range(0, len(held), 4096): held[i] = 1\n"
+        f"sys.exit(subprocess.run({FUZZER_LAUNCHER!r} + sys.argv[1:]).returncode)\n"
+    )
+    args = [str(fuzzer), "-max_total_time=3", "-rss_limit_mb=1000", str(tmp_path), str(CORPUS)]
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]

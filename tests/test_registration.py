@@ -105,6 +105,16 @@ def progress_with(servers):
     return lambda line: line.startswith("step") and line.split()[1] != "0" and f"| {servers} env server" in line
 
 
+def wait_for_log_row(path, predicate, timeout=60):
+    """Until a row of logs.csv (written once per learner step) satisfies `predicate`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and any(predicate(row) for row in read_log(str(path))):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no row of {path} as expected within {timeout} s")
+
+
 def test_servers_join_mid_run_and_are_dropped_when_they_leave(tmp_path):
     registry, port_a, port_b = free_ports(1), free_ports(1), free_ports(2)
     learner = Command(module("torchbeast.polybeast_learner", "--env", CUE, "--registry_bind",
@@ -119,6 +129,7 @@ def test_servers_join_mid_run_and_are_dropped_when_they_leave(tmp_path):
         # Two more join mid-run (a wildcard bind registers this host's address towards the learner).
         b = Command(module(*env, "--num_servers", 2, "--bind", f"0.0.0.0:{port_b}", "--insecure"))
         learner.wait_for(progress_with(3), timeout=90)
+        wait_for_log_row(tmp_path / "reg" / "logs.csv", lambda row: row["env_servers"] == "3")
         # B vanishes without a word (SIGKILL to all its processes): no heartbeat, no stream.
         b.stop(signal.SIGKILL)
         dropped = learner.wait_for(lambda line: f"Env server 127.0.0.1:{port_b}" in line and " left " in line)
