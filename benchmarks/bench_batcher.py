@@ -22,7 +22,6 @@ PYTHONPATH=<build>/libtorchbeast/python for a cmake build):
 """
 
 import argparse
-import json
 import os
 import platform
 import threading
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_result
 
 import libtorchbeast
 from libtorchbeast import _C
@@ -129,8 +129,7 @@ def main():
         "dynamic_batcher": batcher_rows,
         "batching_queue": queue_rows,
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(str(args.out), result)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
@@ -35,6 +34,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from commands import Command  # noqa: E402  (tests/: the chaos tests' process helpers)
 from netns import netns_unavailable_reason, network_hosts  # noqa: E402
+from report import write_result  # noqa: E402
 
 SAVE_RE = re.compile(r"Saved checkpoint .* in ([0-9.]+) s$")
 
@@ -177,12 +177,8 @@ def main() -> None:
               f"{cell(r['recovery']['max'], 6)} {cell(r['save']['p50'], 9)} {cell(r['save']['max'], 6)}")
     if no_netns:
         print(f"(partition skipped: {no_netns})")
-    result = dict(vars(args), scenarios=results, transport="unix" if no_netns else "tcp-netns",
-                  cpu_count=os.cpu_count(), machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    result = dict(vars(args), scenarios=results, transport="unix" if no_netns else "tcp-netns")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ with the machine's CPU count, platform and the versions of the env packages.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -45,6 +44,8 @@ import sys
 import time
 from importlib import metadata
 from typing import Any, Dict, List, Optional
+
+from report import write_result
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
@@ -283,10 +284,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "episode_results": episode_rows,
         "results": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_result(args.out, report)
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
-from bench_monobeast import write_result
+from report import write_result
 
 from torchbeast.models import MemoryAgent
 

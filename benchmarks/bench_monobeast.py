@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -32,6 +31,7 @@ import tempfile
 import time
 
 import numpy as np
+from report import write_result
 
 from torchbeast.envs.rendering import configure_rendering
 
@@ -113,15 +113,6 @@ def training_parser(
                              "comma-separated list and measures each in turn, in the same run")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", out_name))
     return parser
-
-
-def write_result(path: str, result: dict) -> None:
-    """Adds the machine and time to `result` and writes it as JSON to `path`."""
-    result.update(cpu_count=os.cpu_count(), machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {path}")
 
 
 def main() -> None:

@@ -14,14 +14,13 @@ See benchmarks/README.md for what each number means.
 """
 
 import argparse
-import json
 import os
 import platform
-import sys
 import timeit
 from pathlib import Path
 
 import numpy as np
+from report import write_result
 
 import nest
 
@@ -220,8 +219,7 @@ def main(argv=None):
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "bench_nest", "hardware": hardware(), "repeat": repeat, "results": results}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_result(str(args.out), report)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ PYTHONPATH=<build>/libtorchbeast/python for a cmake build):
 """
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_result
 
 import libtorchbeast
 
@@ -233,8 +233,7 @@ def main():
         "actor_pool": pool_rows,
         "maze": {"env": args.maze, "steps": args.maze_steps, "rows": maze_rows} if args.maze else None,
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(str(args.out), result)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
@@ -40,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import commands  # noqa: E402  (tests/: process helpers with timed output lines)
 from commands import Command  # noqa: E402
 from netns import netns_unavailable_reason, network_hosts  # noqa: E402
+from report import write_result  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CUE, MAZE = "torchbeast:CueMemory-v0", "memory_maze:MemoryMaze-9x9-ExtraObs-v0"
@@ -214,12 +214,8 @@ def main() -> None:
               f"{cell(r.get('per_host_sps'), 8)}{' ' if r.get('per_host_measured', True) else '*'} "
               f"{cell(r['first_join_s'], 12, 2)} {cell(r.get('mid_run_join_s'), 15, 2)}")
     print("* total / hosts (the hosts' rates are not told apart: loopback, or a second rank's servers)")
-    result = dict(vars(args), runs=results, transport="tcp-netns" if not no_netns else "loopback",
-                  cpu_count=os.cpu_count(), machine=platform.machine(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    result = dict(vars(args), runs=results, transport="tcp-netns" if not no_netns else "loopback")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import platform
 
-from bench_monobeast import raw_env_throughput, training_parser, training_sps, write_result
+from bench_monobeast import raw_env_throughput, training_parser, training_sps
+from report import write_result
 
 from torchbeast.envs.rendering import configure_rendering
 

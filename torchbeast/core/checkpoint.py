@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from torchbeast.core.atomic_file import fsync_folder
 from torchbeast.errors import ConfigError
 
 log = logging.getLogger("torchbeast")
@@ -48,7 +49,7 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
         if os.path.exists(path):
             _keep_as_previous(path, folder)
         os.replace(tmp_path, path)
-        _fsync_folder(folder)
+        fsync_folder(folder)
     except BaseException:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
@@ -65,16 +66,6 @@ def _keep_as_previous(path: str, folder: str) -> None:
         os.replace(link, previous_path(path))
     except OSError:  # a file system without hard links: a moment without model.tar, prev is complete
         os.replace(path, previous_path(path))
-
-
-def _fsync_folder(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a folder; the rename itself is atomic
-        pass
-    finally:
-        os.close(fd)
 
 
 def remove_temporary_files(folder: str) -> int:

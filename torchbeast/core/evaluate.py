@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+from torchbeast.core.atomic_file import write_json
 from torchbeast.core.checkpoint import load_checkpoint
 from torchbeast.core.episode_pool import EpisodeResult, EpisodeTask, play_episodes
 from torchbeast.core.play import check_agent_fits_env, load_agent
@@ -70,13 +71,6 @@ def test_checkpoint(flags: argparse.Namespace) -> str:
     return newest_checkpoint_for_env(savedir, flags.env)
 
 
-def _write_json(path: str, data: Dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _results(checkpoint: str, flags: argparse.Namespace, trained_steps: int, seed: int, total: int,
              finished: List[EpisodeResult]) -> Dict[str, Any]:
     """test_results.json: the finished episodes in episode order, and their summary."""
@@ -112,13 +106,13 @@ def test(flags: argparse.Namespace, num_workers: Optional[int] = None) -> Dict[s
              trained_steps, flags.env, len(tasks), workers)
     results_path = os.path.join(run_dir, "test_results.json")
     finished: List[EpisodeResult] = []
-    _write_json(results_path, _results(checkpoint, flags, trained_steps, seed, len(tasks), finished))  # no stale file
+    write_json(results_path, _results(checkpoint, flags, trained_steps, seed, len(tasks), finished))  # no stale file
     start = time.monotonic()
     for result in play_episodes(tasks, workers):
         finished.append(result)
         print(f"episode {episode_number[result.task]}: return {result.episode_return:g} in {result.length} steps "
               f"({len(finished)}/{len(tasks)} done, {time.monotonic() - start:.0f} s)", flush=True)
-        _write_json(results_path, _results(checkpoint, flags, trained_steps, seed, len(tasks), finished))
+        write_json(results_path, _results(checkpoint, flags, trained_steps, seed, len(tasks), finished))
     results = _results(checkpoint, flags, trained_steps, seed, len(tasks), finished)
     std = "" if results["std_return"] is None else f" +- {results['std_return']:.3f}"
     print(f"mean return over {results['episodes']} episodes: {results['mean_return']:.3f}{std}", flush=True)

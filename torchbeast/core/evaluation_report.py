@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from torchbeast.core.atomic_file import replaced, write_json
 from torchbeast.core.scores import PublishedScores, percent_of, published_scores, summarize
 
 KINDS = ("run", "no_memory", "random")
@@ -92,13 +92,12 @@ def write_results(out_dir: str, results: Sequence[AgentResults], settings: Dict[
     os.makedirs(out_dir, exist_ok=True)
     first_seed, max_steps = settings["seed"], settings.get("max_steps")
     paths = {"csv": os.path.join(out_dir, "evaluation.csv"), "json": os.path.join(out_dir, "evaluation.json")}
-    with open(paths["csv"], "w", newline="") as f:
+    with replaced(paths["csv"], newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for r in results:
             writer.writerow({k: "" if v is None else v for k, v in r.row(first_seed, max_steps).items()})
     agents = [dict(r.row(first_seed, max_steps), seeds=r.seeds, returns=r.returns, lengths=r.lengths,
                    videos=r.videos) for r in results]
-    with open(paths["json"], "w") as f:
-        json.dump(dict(settings=settings, results=agents), f, indent=2)
+    write_json(paths["json"], dict(settings=settings, results=agents))
     return paths

@@ -25,6 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from torchbeast.core.atomic_file import replaced, write_json
+
 LOG_FIELDS = [
     "step", "time", "sps", "episodes", "mean_episode_return", "mean_episode_step",
     "total_loss", "pg_loss", "baseline_loss", "entropy_loss", "learning_rate", "grad_norm",
@@ -70,11 +72,7 @@ def write_meta(run_dir: str, flags: Dict[str, Any], extra: Optional[Dict[str, An
             starts = json.load(f).get("starts", [])
     starts.append(dict(time=datetime.datetime.now().isoformat(timespec="seconds"), host=socket.gethostname(),
                        git_commit=_git_commit(), versions=_versions(), **(extra or {})))
-    meta = dict(flags=flags, starts=starts)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(path, dict(flags=flags, starts=starts), sort_keys=True)
 
 
 def trim_log(csv_path: str, step: int) -> int:
@@ -89,14 +87,10 @@ def trim_log(csv_path: str, step: int) -> int:
     kept = [row for row in rows if _complete(row, reader.fieldnames) and int(row["step"]) <= step]
     if len(kept) == len(rows) and text.endswith("\n"):
         return 0
-    tmp = csv_path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with replaced(csv_path, durable=True, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=reader.fieldnames or LOG_FIELDS)
         writer.writeheader()
         writer.writerows(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, csv_path)
     return len(rows) - len(kept)
 
 
@@ -155,14 +149,10 @@ def _add_missing_columns(csv_path: str) -> None:
         if reader.fieldnames is None or list(reader.fieldnames) == LOG_FIELDS:
             return
         rows = list(reader)
-    tmp = csv_path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with replaced(csv_path, durable=True, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, csv_path)
 
 
 def _format(value: Any) -> Any:
@@ -225,6 +215,5 @@ def plot_learning_curve(points: Sequence[Tuple[int, float]], png_path: str, titl
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.subplots_adjust(left=0.11, right=0.95, bottom=0.13, top=0.91)  # fixed: tight_layout costs ~3x the drawing
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, png_path)
+    with replaced(png_path, "wb") as f:
+        fig.savefig(f, format="png")
