@@ -8,7 +8,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import time
 import psutil
 import pytest
 from netns import netns_unavailable_reason, network_hosts
+from ports import consecutive_free_ports, free_port
 
 from torchbeast.core.checkpoint import load_checkpoint
 from torchbeast.core.distributed import Placement, placement_from_env, spread, state_digest
@@ -80,25 +80,6 @@ def test_fewer_env_servers_than_learners_is_one_line_exit_2(tmp_path):
 
 
 # --- runs under torchrun ----------------------------------------------------------------------
-
-def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def consecutive_free_ports(count, host="127.0.0.1"):
-    for _ in range(50):
-        port = free_port(host)
-        try:
-            for i in range(1, count):
-                with socket.socket() as s:
-                    s.bind((host, port + i))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError(f"no {count} consecutive free ports")
-
 
 def wait_for_port(host, port, command_prefix=(), timeout=60):
     """Until something accepts on host:port (from inside a namespace with `command_prefix`)."""

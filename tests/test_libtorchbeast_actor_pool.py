@@ -2,12 +2,12 @@
 a trivial "model" in a Python thread, and a BatchingQueue of rollouts."""
 
 import collections
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
+from ports import free_port
 
 from libtorchbeast import ROLLOUT_STEP_KEYS, STEP_INPUT_KEYS, ActorPool, BatchingQueue, DynamicBatcher, EnvError, Server
 
@@ -96,12 +96,6 @@ def start_servers(addresses, fail_at=None):
         server.start()
         servers.append(server)
     return servers
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_rollouts(items, batch_size):

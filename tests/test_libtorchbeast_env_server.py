@@ -1,10 +1,10 @@
 """libtorchbeast.Server with Python envs, driven through libtorchbeast.Client."""
 
-import socket
 import threading
 
 import numpy as np
 import pytest
+from ports import free_port
 
 from libtorchbeast import _C, Client, EnvError, PeerError, RpcError, Server
 from torchbeast.core.episodes import RECORD_KEYS
@@ -51,12 +51,6 @@ def serve(tmp_path):
     yield start
     for server in servers:
         server.stop()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frame(step):

@@ -22,6 +22,7 @@ from cli import (
     learns_the_cue,
     run_module,
 )
+from ports import consecutive_free_ports
 
 from torchbeast.core.checkpoint import load_checkpoint
 from torchbeast.polybeast_learner import servers_reachable
@@ -29,21 +30,6 @@ from torchbeast.polybeast_learner import servers_reachable
 CUE = "torchbeast:CueMemory-v0"
 FAST = ["--encoder", "small", "--hidden_size", "32", "--unroll_length", "10", "--batch_size", "4",
         "--log_interval", "1"]
-
-
-def free_port_pair():
-    """Two consecutive free TCP ports on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports")
 
 
 @pytest.fixture
@@ -81,7 +67,7 @@ def test_polybeast_over_unix_sockets_then_test_mode(tmp_path, socket_tmpdir):
 
 
 def test_env_servers_over_tcp_and_learner_resume(tmp_path):
-    port = free_port_pair()
+    port = consecutive_free_ports(2)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     servers = subprocess.Popen([sys.executable, "-m", "torchbeast.polybeast_env", "--env", CUE, "--num_servers", "2",
                                 "--bind", f"127.0.0.1:{port}", "--seed", "1"],
@@ -174,7 +160,7 @@ def test_a_killed_env_server_stops_the_run_with_one_line_naming_it(tmp_path, soc
 
 
 def test_a_learner_that_reaches_no_server_exits_2_naming_the_addresses(tmp_path):
-    addresses = [f"unix:{tmp_path}/nobody", f"127.0.0.1:{free_port_pair()}"]
+    addresses = [f"unix:{tmp_path}/nobody", f"127.0.0.1:{consecutive_free_ports(2)}"]
     start = time.monotonic()
     proc = run_module("torchbeast.polybeast_learner", "--env", CUE, "--env_servers", *addresses,
                       "--connect_timeout_s", 2, "--savedir", tmp_path, "--xpid", "alone", *FAST,

@@ -15,6 +15,7 @@ import time
 import pytest
 from cli import run_module
 from netns import netns_unavailable_reason, network_hosts
+from ports import consecutive_free_ports
 
 from torchbeast.core.registration import FollowedShares, LearnersReady, RegisteredServers, SpreadOverLearners
 from torchbeast.core.run_outputs import read_log
@@ -24,22 +25,6 @@ CUE = "torchbeast:CueMemory-v0"
 FAST = ["--encoder", "small", "--hidden_size", "32", "--unroll_length", "10", "--batch_size", "4",
         "--log_interval", "1"]
 MAKE_CERTS = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_certs.sh")
-
-
-def free_ports(n, host="127.0.0.1"):
-    """`n` consecutive free TCP ports on `host` (the first one)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        try:
-            for i in range(1, n):
-                with socket.socket() as s:
-                    s.bind((host, port + i))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 class Command:
@@ -116,7 +101,7 @@ def wait_for_log_row(path, predicate, timeout=60):
 
 
 def test_servers_join_mid_run_and_are_dropped_when_they_leave(tmp_path):
-    registry, port_a, port_b = free_ports(1), free_ports(1), free_ports(2)
+    registry, port_a, port_b = consecutive_free_ports(1), consecutive_free_ports(1), consecutive_free_ports(2)
     learner = Command(module("torchbeast.polybeast_learner", "--env", CUE, "--registry_bind",
                              f"127.0.0.1:{registry}", "--server_lease_s", 2, "--total_steps", 100_000_000,
                              "--savedir", tmp_path, "--xpid", "reg", *FAST))

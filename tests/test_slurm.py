@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from ports import free_port
 
 from torchbeast.core.checkpoint import load_checkpoint
 from torchbeast.core.run_outputs import read_log
@@ -32,12 +33,6 @@ def ensure_packages():
                           timeout=600)
     assert done.returncode == 0, f"apt-get install {' '.join(PACKAGES)} failed:\n{done.stderr}"
     return time.monotonic() - start
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SLURM_CONF = """\

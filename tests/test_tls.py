@@ -3,7 +3,6 @@ scripts/make_certs.sh, refusal of peers without a valid certificate, an end-to-e
 and the TLS flags' bad input."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from cli import run_module
+from ports import free_port
 
 from libtorchbeast import Client, Registrar, Registry, RpcError, Server, TlsConfig
 from torchbeast.core.checkpoint import load_checkpoint
@@ -110,9 +110,7 @@ def test_the_registry_over_tls_refuses_registrars_without_a_certificate_of_its_c
 def test_training_over_tls_on_loopback(tmp_path, certs):
     run_tls = ["--tls_cert", certs / "run" / "host.crt", "--tls_key", certs / "run" / "host.key",
                "--tls_ca", certs / "run" / "ca.crt"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"))
     server = subprocess.Popen([sys.executable, "-m", "torchbeast.polybeast_env", "--env", CUE, "--num_servers", "1",
                                "--bind", f"127.0.0.1:{port}", *map(str, run_tls)],
