@@ -154,8 +154,21 @@ def plaintext_flag():
     return "--insecure" if "--insecure" in polybeast_env.make_parser().format_help() else ""
 
 
-def test_the_sbatch_script_trains_and_checkpoints_on_a_one_node_cluster(cluster, tmp_path):
-    total_steps = 2000
+def job_fields(cluster, job_id):
+    shown = cluster.run("scontrol", "show", "job", "--oneliner", job_id).stdout.split()
+    return dict(field.split("=", 1) for field in shown if "=" in field)
+
+
+def progress_steps(text):
+    """The steps of the learner's progress lines ('step  1234 | ...') in the job's output."""
+    return [int(line.split()[1]) for line in text.splitlines() if line.startswith("step ") and "SPS" in line]
+
+
+def test_the_sbatch_script_trains_is_requeued_near_its_time_limit_and_resumes(cluster, tmp_path):
+    """The job trains; mid-run its batch shell gets the USR1 that `--signal=B:USR1@180` sends before
+    the time limit, requeues the job (the learners save on Slurm's SIGTERM), and the requeued job
+    resumes from that checkpoint to --total_steps."""
+    total_steps = 8000
     train_args = ("--encoder small --hidden_size 32 --unroll_length 10 --batch_size 4 --log_interval 1 "
                   f"--num_learner_threads 1 --num_inference_threads 1 --num_threads 1 --total_steps {total_steps}")
     env = dict(cluster.env, ENV_NODES="1", SERVERS_PER_NODE="2", GPUS_PER_NODE="2", ENV_ID="torchbeast:CueMemory-v0",
@@ -173,22 +186,39 @@ def test_the_sbatch_script_trains_and_checkpoints_on_a_one_node_cluster(cluster,
                                capture_output=True, text=True, env=env, timeout=30)
     assert submitted.returncode == 0, submitted.stderr + cluster.logs()
     job_id = submitted.stdout.strip().split(";")[0]
-    job = {}
-    deadline = time.monotonic() + 240
+    job, signalled_at, states = {}, None, [(0.0, None, None)]
+    deadline = time.monotonic() + 300
     while job.get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-        assert time.monotonic() < deadline, f"job {job_id} still {job.get('JobState')} after 240 s\n{cluster.logs()}"
+        assert time.monotonic() < deadline, f"job {job_id} still {job.get('JobState')} after 300 s\n{cluster.logs()}"
         time.sleep(0.5)
-        shown = cluster.run("scontrol", "show", "job", "--oneliner", job_id).stdout.split()
-        job = dict(field.split("=", 1) for field in shown if "=" in field)
+        job = job_fields(cluster, job_id)
+        if job.get("JobState") != states[-1][1]:
+            states.append((round(time.monotonic() - start, 1), job.get("JobState"), job.get("Reason")))
+            if job.get("Reason") == "BeginTime":  # Slurm holds a requeued job ~3 min; not worth waiting for here
+                cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+        text = output.read_text() if output.exists() else ""
+        if signalled_at is None and any(step > 0 for step in progress_steps(text)):
+            signalled = cluster.run("scancel", "--batch", "--signal=USR1", job_id)
+            assert signalled.returncode == 0, signalled.stderr
+            signalled_at = progress_steps(text)[-1]
     text = output.read_text() if output.exists() else ""
-    print(f"job {job_id}: submitted to {job['JobState']} in {time.monotonic() - start:.1f} s "
-          f"(ran {job['StartTime']} to {job['EndTime']})")
-    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), \
+    print(f"job {job_id}: submitted to {job['JobState']} in {time.monotonic() - start:.1f} s, "
+          f"{job.get('Restarts')} restart(s), USR1 at step {signalled_at}; states (s, state, reason): {states[1:]}")
+    assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "1"), \
         f"{job}\n--- job output:\n{text}\n{cluster.logs()}"
-    assert "2 env server(s)" in text and "learners exited with status 0" in text, text
-    # The servers registered with rank 0, which gave each learner one of them.
-    assert text.count("Every learner has env servers (1, 1 per rank): training starts") == 2, text
+    first, _, second = text.partition("(restart 1)")
+    assert "time limit near: requeueing" in first, text
+    assert second and "learners exited with status 0" in second, text
+    for leg in (first, second):
+        assert "2 env server(s)" in leg, leg
+        # The servers registered with rank 0, which gave each learner one of them.
+        assert leg.count("Every learner has env servers (1, 1 per rank): training starts") == 2, leg
+    saved = [int(line.rsplit("at step ", 1)[1].split()[0]) for line in first.splitlines()
+             if "Saved checkpoint" in line and "at step " in line]
+    assert saved and saved[-1] >= signalled_at and saved[-1] < total_steps, first
+    assert f"from step {saved[-1]}" in second, second  # "Resuming ... from step N"
     state = load_checkpoint(str(tmp_path / "slurm" / "model.tar"))
     assert state["step"] >= total_steps, text
-    assert int(read_log(str(tmp_path / "slurm" / "logs.csv"))[-1]["step"]) == state["step"]
-    assert "Learner rank 1 stops at step" in text  # two data-parallel learners (GPUS_PER_NODE=2, on CPUs here)
+    steps = [int(row["step"]) for row in read_log(str(tmp_path / "slurm" / "logs.csv"))]
+    assert steps == sorted(steps) and steps[-1] == state["step"]  # trimmed back to the checkpoint on resume
+    assert "Learner rank 1 stops at step" in second  # two data-parallel learners (GPUS_PER_NODE=2, on CPUs here)
