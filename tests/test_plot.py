@@ -76,6 +76,20 @@ def test_groups_by_env_and_flag_and_means_over_seeds(tmp_path):
     assert plot.group_curve(groups[MAZE9]["posemb=none"], None)["steps"][-1] == 60_000
 
 
+def test_final_returns_compare_every_group_at_the_step_where_the_shortest_run_ends(tmp_path):
+    fake_run(tmp_path, "gt1", MAZE9, "gt", linear_rows(2.0), seed=1)
+    fake_run(tmp_path, "gt2", MAZE9, "gt", linear_rows(4.0), seed=2)
+    fake_run(tmp_path, "none1", MAZE9, "none", linear_rows(1.0, steps=60_000))
+    fake_run(tmp_path, "late", MAZE9, "noisygt", [(1000, None, 0), (70_000, None, 0)])  # no episode yet
+    groups = plot.group_runs([plot.load_run(path) for path in plot.find_runs(str(tmp_path), None)], ["posemb"])
+    table = {entry.label: entry.row() for entry in plot.final_returns(groups[MAZE9], window=4000)}
+    # At step 60k, episodes ended at 58k and 60k (returns slope * 58 and slope * 60).
+    assert table["posemb=gt"] == dict(group="posemb=gt", runs=2, step=60_000, window=4000, mean=3.0 * 59,
+                                      min=2.0 * 59, max=4.0 * 59)
+    assert table["posemb=none"]["mean"] == 59.0 and table["posemb=none"]["runs"] == 1
+    assert table["posemb=noisygt"]["runs"] == 0 and table["posemb=noisygt"]["mean"] is None
+
+
 def test_nice_window():
     assert plot.nice_window(2_000_000) == 100_000
     assert plot.nice_window(900_000) == 20_000
@@ -101,11 +115,17 @@ def test_cli_writes_a_png_and_an_svg_per_env(tmp_path):
     proc = run_module("torchbeast.plot", "--savedir", runs, "--group_by", "posemb", "--out", out, "--smooth", 5000,
                       "--evaluation", tmp_path / "evaluation.json", timeout=120)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{kind}_{env}.{ext}" for ext in ("png", "svg") for kind, env in [
+    assert names == sorted([*(f"{kind}_{env}.{ext}" for ext in ("png", "svg") for kind, env in [
         ("learning_curves", "MemoryMaze-9x9-ExtraObs-v0"), ("learning_curves", "MemoryMaze-15x15-ExtraObs-v0"),
-        ("evaluation", "MemoryMaze-9x9-ExtraObs-v0")])
-    assert all((out / name).stat().st_size > 1000 for name in names)
-    assert proc.stdout.count(str(out)) == 6
+        ("evaluation", "MemoryMaze-9x9-ExtraObs-v0")]),
+        "final_returns_MemoryMaze-9x9-ExtraObs-v0.csv", "final_returns_MemoryMaze-15x15-ExtraObs-v0.csv"])
+    assert all((out / name).stat().st_size > 1000 for name in names if name.endswith((".png", ".svg")))
+    assert proc.stdout.count(str(out)) == 8
+    with open(out / "final_returns_MemoryMaze-9x9-ExtraObs-v0.csv", newline="") as f:
+        rows = {row["group"]: row for row in csv.DictReader(f)}
+    assert rows["posemb=gt"]["step"] == "100000"
+    assert float(rows["posemb=gt"]["mean"]) == pytest.approx(2.0 * 98)  # episodes at 96k, 98k and 100k
+    assert "MemoryMaze-9x9-ExtraObs-v0: mean return of the episodes that ended in steps (95000, 100000]" in proc.stdout
 
 
 @pytest.mark.parametrize("setup,args,needle", [

@@ -8,7 +8,9 @@ Learning curves: each run's logs.csv gives the mean return of the episodes that 
 update; a run's curve at step s is the mean over the episodes that ended in the `--smooth` env
 steps up to s. Runs are grouped by the values of the `--group_by` flags in their meta.json, and
 each group is drawn as the mean over its runs with a band (min-max or standard error) on a
-common step grid, up to the shortest run of the group. One figure per env (PNG and SVG).
+common step grid, up to the shortest run of the group. One figure per env (PNG and SVG), and a
+table (printed, and final_returns_ENV.csv) of every group at the step where the env's shortest
+run ends: the mean, min and max over its runs of the return in the last `--smooth` steps.
 
 Evaluation: the `evaluation.json` of `python -m torchbeast.evaluate` (`{"results": [{"env",
 "agent", "kind", "mean_return", "stderr_return", ...}]}`) as one bar chart per env, with the
@@ -17,6 +19,7 @@ human and oracle scores published with Memory Maze as lines.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
@@ -27,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from torchbeast.core.atomic_file import replaced
 from torchbeast.core.cli import run_command
 from torchbeast.errors import ConfigError
 
@@ -144,6 +148,61 @@ def group_curve(runs: Sequence[RunCurve], window: Optional[float], points: int =
     grid = np.linspace(min(begin, end), end, points)
     mean, low, high = aggregate(np.stack([smoothed(run, grid, window) for run in runs]), band)
     return dict(steps=grid, mean=mean, low=low, high=high, window=window, runs=len(runs))
+
+
+@dataclasses.dataclass
+class FinalReturns:
+    """A group's runs compared at one step: the mean return of each run's episodes that ended in
+    (step - window, step]."""
+
+    label: str
+    step: int
+    window: float
+    returns: List[float]  # one per run that had an episode in the window
+
+    def row(self) -> Dict[str, Any]:
+        values = self.returns
+        return dict(group=self.label, runs=len(values), step=self.step, window=int(self.window),
+                    mean=float(np.mean(values)) if values else None, min=min(values, default=None),
+                    max=max(values, default=None))
+
+
+def final_returns(groups: Dict[str, List[RunCurve]], window: Optional[float]) -> List[FinalReturns]:
+    """Every group of one env at the step where its shortest run ends, so that all groups are
+    compared after the same number of env steps."""
+    ended = [run for runs in groups.values() for run in runs if len(run.steps)]
+    if not ended:
+        return []
+    step = min(int(run.steps[-1]) for run in ended)
+    window = window or nice_window(step)
+    table = []
+    for label, runs in groups.items():
+        values = [smoothed(run, np.array([float(step)]), window)[0] for run in runs if len(run.steps)]
+        table.append(FinalReturns(label, step, window, [float(v) for v in values if not np.isnan(v)]))
+    return table
+
+
+def write_final_returns(env: str, table: Sequence[FinalReturns], out_dir: str) -> str:
+    """Prints the table and writes it as OUT/final_returns_ENV.csv; returns the CSV's path."""
+    rows = [entry.row() for entry in table]
+    step, window = rows[0]["step"], rows[0]["window"]
+    print(f"{env.split(':', 1)[-1]}: mean return of the episodes that ended in steps ({step - window}, {step}] "
+          "(the shortest run's end), over each group's runs")
+    width = max(len("group"), *(len(r["group"]) for r in rows))
+    print(f"{'group':<{width}}  runs    mean     min     max")
+
+    def cell(value: Optional[float]) -> str:
+        return f"{value:>7.2f}" if value is not None else f"{'-':>7}"
+
+    for r in rows:
+        print(f"{r['group']:<{width}}  {r['runs']:>4} {cell(r['mean'])} {cell(r['min'])} {cell(r['max'])}")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"final_returns_{env_file_name(env)}.csv")
+    with replaced(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def nice_window(end: float) -> float:
@@ -351,6 +410,9 @@ def make_figures(args: argparse.Namespace) -> List[str]:
     paths: List[str] = []
     for env, groups in grouped.items():
         paths += plot_curves(env, groups, out_dir, colours, args.smooth, args.band)
+        table = final_returns(groups, args.smooth)
+        if table:
+            paths.append(write_final_returns(env, table, out_dir))
     for env, rows in evaluation.items():
         paths += plot_evaluation(env, rows, out_dir, colours, labels)
     return paths
