@@ -72,8 +72,9 @@ def test_groups_by_env_and_flag_and_means_over_seeds(tmp_path):
     np.testing.assert_allclose(curve["low"], 2.0 * e)
     np.testing.assert_allclose(curve["high"], 4.0 * e)
     assert curve["runs"] == 2
-    # A group is drawn up to its shortest run.
+    # A group is drawn up to its shortest run, from where a whole window has passed.
     assert plot.group_curve(groups[MAZE9]["posemb=none"], None)["steps"][-1] == 60_000
+    assert plot.group_curve(groups[MAZE9]["posemb=gt"], window=5000)["steps"][0] == 5000
 
 
 def test_final_returns_compare_every_group_at_the_step_where_the_shortest_run_ends(tmp_path):

@@ -139,13 +139,15 @@ def aggregate(values: np.ndarray, band: str = "minmax") -> Tuple[np.ndarray, np.
 
 def group_curve(runs: Sequence[RunCurve], window: Optional[float], points: int = 200,
                 band: str = "minmax") -> Optional[Dict[str, Any]]:
-    """The group's mean and band on a grid up to its shortest run; None if a run has no episode yet."""
+    """The group's mean and band on a grid up to its shortest run, from where every run has an
+    episode and a whole window has passed (before, a point would average one or two episodes);
+    None if a run has no episode yet."""
     if any(len(run.steps) == 0 for run in runs):
         return None
     end = min(int(run.steps[-1]) for run in runs)
     begin = max(int(run.steps[0]) for run in runs)
     window = window or nice_window(end)
-    grid = np.linspace(min(begin, end), end, points)
+    grid = np.linspace(min(max(begin, window), end), end, points)
     mean, low, high = aggregate(np.stack([smoothed(run, grid, window) for run in runs]), band)
     return dict(steps=grid, mean=mean, low=low, high=high, window=window, runs=len(runs))
 
