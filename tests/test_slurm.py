@@ -164,11 +164,10 @@ def progress_steps(text):
     return [int(line.split()[1]) for line in text.splitlines() if line.startswith("step ") and "SPS" in line]
 
 
-def test_the_sbatch_script_trains_is_requeued_near_its_time_limit_and_resumes(cluster, tmp_path):
-    """The job trains; mid-run its batch shell gets the USR1 that `--signal=B:USR1@180` sends before
-    the time limit, requeues the job (the learners save on Slurm's SIGTERM), and the requeued job
-    resumes from that checkpoint to --total_steps."""
-    total_steps = 8000
+def submit(cluster, tmp_path, total_steps, layout):
+    """Submits train.sbatch for a CueMemory run to `total_steps` with 2 env servers and 2 learners
+    (GPUS_PER_NODE=2, on CPUs here); `layout` are the sbatch options that shape the allocation.
+    Returns (job id, the job's output file)."""
     train_args = ("--encoder small --hidden_size 32 --unroll_length 10 --batch_size 4 --log_interval 1 "
                   f"--num_learner_threads 1 --num_inference_threads 1 --num_threads 1 --total_steps {total_steps}")
     env = dict(cluster.env, ENV_NODES="1", SERVERS_PER_NODE="2", GPUS_PER_NODE="2", ENV_ID="torchbeast:CueMemory-v0",
@@ -177,33 +176,51 @@ def test_the_sbatch_script_trains_is_requeued_near_its_time_limit_and_resumes(cl
                PYTHON=sys.executable,
                MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"), PYTHONUNBUFFERED="1")
     output = tmp_path / "job.out"
-    start = time.monotonic()
-    # The one-node cluster has 2 CPUs: the script's 3 nodes x 32 CPUs are overridden as a user would.
-    # Submitted, then watched every 0.5 s (`sbatch --wait` polls at growing intervals, up to ~20 s late).
-    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", "--time=5",
-                                f"--output={output}", f"--chdir={REPO}",
+    submitted = subprocess.run(["sbatch", "--parsable", f"--output={output}", f"--chdir={REPO}", *layout,
                                 os.path.join(REPO, "scripts", "slurm", "train.sbatch")],
                                capture_output=True, text=True, env=env, timeout=30)
     assert submitted.returncode == 0, submitted.stderr + cluster.logs()
-    job_id = submitted.stdout.strip().split(";")[0]
-    job, signalled_at, states = {}, None, [(0.0, None, None)]
-    deadline = time.monotonic() + 300
+    return submitted.stdout.strip().split(";")[0], output
+
+
+def watch(cluster, job_id, output, on_poll=lambda job, text: None, timeout=300):
+    """Polls the job every 0.5 s until it ends (`sbatch --wait` polls at growing intervals, up to
+    ~20 s late), calling `on_poll(job fields, output so far)`; returns (job fields, output, the
+    (seconds, state, reason) of each state it went through)."""
+    start = time.monotonic()
+    job, states = {}, [(0.0, None, None)]
     while job.get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-        assert time.monotonic() < deadline, f"job {job_id} still {job.get('JobState')} after 300 s\n{cluster.logs()}"
+        assert time.monotonic() - start < timeout, f"job {job_id} still {job.get('JobState')}\n{cluster.logs()}"
         time.sleep(0.5)
         job = job_fields(cluster, job_id)
         if job.get("JobState") != states[-1][1]:
             states.append((round(time.monotonic() - start, 1), job.get("JobState"), job.get("Reason")))
-            if job.get("Reason") == "BeginTime":  # Slurm holds a requeued job ~3 min; not worth waiting for here
-                cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-        text = output.read_text() if output.exists() else ""
+        on_poll(job, output.read_text() if output.exists() else "")
+    return job, output.read_text() if output.exists() else "", states[1:]
+
+
+def test_the_sbatch_script_trains_is_requeued_near_its_time_limit_and_resumes(cluster, tmp_path):
+    """The job trains; mid-run its batch shell gets the USR1 that `--signal=B:USR1@180` sends before
+    the time limit, requeues the job (the learners save on Slurm's SIGTERM), and the requeued job
+    resumes from that checkpoint to --total_steps."""
+    total_steps = 8000
+    start = time.monotonic()
+    # The one-node cluster has 2 CPUs: the script's 3 nodes x 32 CPUs are overridden as a user would.
+    job_id, output = submit(cluster, tmp_path, total_steps, ["--nodes=1", "--cpus-per-task=2", "--time=5"])
+    signalled_at = None
+
+    def requeue_once_it_learns(job, text):
+        nonlocal signalled_at
+        if job.get("Reason") == "BeginTime":  # Slurm holds a requeued job ~3 min; not worth waiting for here
+            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
         if signalled_at is None and any(step > 0 for step in progress_steps(text)):
             signalled = cluster.run("scancel", "--batch", "--signal=USR1", job_id)
             assert signalled.returncode == 0, signalled.stderr
             signalled_at = progress_steps(text)[-1]
-    text = output.read_text() if output.exists() else ""
+
+    job, text, states = watch(cluster, job_id, output, requeue_once_it_learns)
     print(f"job {job_id}: submitted to {job['JobState']} in {time.monotonic() - start:.1f} s, "
-          f"{job.get('Restarts')} restart(s), USR1 at step {signalled_at}; states (s, state, reason): {states[1:]}")
+          f"{job.get('Restarts')} restart(s), USR1 at step {signalled_at}; states (s, state, reason): {states}")
     assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "1"), \
         f"{job}\n--- job output:\n{text}\n{cluster.logs()}"
     first, _, second = text.partition("(restart 1)")
@@ -222,3 +239,4 @@ def test_the_sbatch_script_trains_is_requeued_near_its_time_limit_and_resumes(cl
     steps = [int(row["step"]) for row in read_log(str(tmp_path / "slurm" / "logs.csv"))]
     assert steps == sorted(steps) and steps[-1] == state["step"]  # trimmed back to the checkpoint on resume
     assert "Learner rank 1 stops at step" in second  # two data-parallel learners (GPUS_PER_NODE=2, on CPUs here)
+
