@@ -1,6 +1,7 @@
 """python -m torchbeast.plot: the aggregation over runs, the figures from fake runs, bad input."""
 import csv
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -127,6 +128,20 @@ def test_cli_writes_a_png_and_an_svg_per_env(tmp_path):
     assert rows["posemb=gt"]["step"] == "100000"
     assert float(rows["posemb=gt"]["mean"]) == pytest.approx(2.0 * 98)  # episodes at 96k, 98k and 100k
     assert "MemoryMaze-9x9-ExtraObs-v0: mean return of the episodes that ended in steps (95000, 100000]" in proc.stdout
+
+
+def test_evaluation_bars_carry_their_values_as_text(tmp_path):
+    """Returns near 0 beside the human and oracle lines are too short to read as bars alone."""
+    import matplotlib
+
+    write_evaluation(tmp_path / "evaluation.json")
+    rows = plot.read_evaluation(str(tmp_path / "evaluation.json"))[MAZE9]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in the SVG
+        paths = plot.plot_evaluation(MAZE9, rows, str(tmp_path), colours={}, labels={})
+    svg = next(p for p in paths if p.endswith(".svg"))
+    text = pathlib.Path(svg).read_text()
+    for value in ("12.00", "± 1.00", "6.00", "± 0.80", "0.50", "± 0.20"):
+        assert value in text
 
 
 @pytest.mark.parametrize("setup,args,needle", [

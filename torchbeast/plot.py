@@ -331,6 +331,8 @@ def plot_evaluation(env: str, rows: Sequence[Dict[str, Any]], out_dir: str, colo
     for bar, is_base in zip(bars, baseline):
         if is_base:
             bar.set_hatch("//")
+    # The values as text: next to the human and oracle lines, returns near 0 are too short to read.
+    ax.bar_label(bars, labels=[f"{m:.2f}\n± {e:.2f}" for m, e in zip(means, errors)], padding=3, fontsize=8)
     scores = published_scores(env)
     if scores is not None:
         ax.axhline(scores.oracle, color="tab:green", ls="--", lw=1.5, label=f"oracle {scores.oracle:g}")
