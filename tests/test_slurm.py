@@ -239,4 +239,3 @@ def test_the_sbatch_script_trains_is_requeued_near_its_time_limit_and_resumes(cl
     steps = [int(row["step"]) for row in read_log(str(tmp_path / "slurm" / "logs.csv"))]
     assert steps == sorted(steps) and steps[-1] == state["step"]  # trimmed back to the checkpoint on resume
     assert "Learner rank 1 stops at step" in second  # two data-parallel learners (GPUS_PER_NODE=2, on CPUs here)
-

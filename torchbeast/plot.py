@@ -32,6 +32,7 @@ import numpy as np
 
 from torchbeast.core.atomic_file import replaced
 from torchbeast.core.cli import run_command
+from torchbeast.core.text_table import number, text_table
 from torchbeast.errors import ConfigError
 
 BANDS = {"minmax": "min-max over runs", "sem": "± standard error over runs"}
@@ -190,14 +191,9 @@ def write_final_returns(env: str, table: Sequence[FinalReturns], out_dir: str) -
     step, window = rows[0]["step"], rows[0]["window"]
     print(f"{env.split(':', 1)[-1]}: mean return of the episodes that ended in steps ({step - window}, {step}] "
           "(the shortest run's end), over each group's runs")
-    width = max(len("group"), *(len(r["group"]) for r in rows))
-    print(f"{'group':<{width}}  runs    mean     min     max")
-
-    def cell(value: Optional[float]) -> str:
-        return f"{value:>7.2f}" if value is not None else f"{'-':>7}"
-
-    for r in rows:
-        print(f"{r['group']:<{width}}  {r['runs']:>4} {cell(r['mean'])} {cell(r['min'])} {cell(r['max'])}")
+    print(text_table(["group", "runs", "mean", "min", "max"],
+                     [[r["group"], str(r["runs"]), number(r["mean"]), number(r["min"]), number(r["max"])]
+                      for r in rows]))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"final_returns_{env_file_name(env)}.csv")
     with replaced(path, newline="") as f:

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from torchbeast.core.atomic_file import replaced, write_json
 from torchbeast.core.scores import PublishedScores, percent_of, published_scores, summarize
+from torchbeast.core.text_table import number, text_table
 
 KINDS = ("run", "no_memory", "random")
 _LABEL_SUFFIX = {"run": "", "no_memory": " (no-memory baseline)", "random": " (baseline)"}
@@ -50,10 +51,6 @@ class AgentResults:
                     oracle_score=oracle, human_score=human, first_seed=first_seed, max_steps=max_steps)
 
 
-def _number(value: Optional[float], digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _steps(value: Optional[int]) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -74,16 +71,11 @@ def format_table(results: Sequence[AgentResults], first_seed: int, max_steps: Op
     rows = [r.row(first_seed, max_steps) for r in results]
     header = ["agent", "trained steps", "episodes", "mean return", "stderr", "% oracle", "% human"]
     cells = [[row["agent"] + _LABEL_SUFFIX[row["kind"]], _steps(row["trained_steps"]),
-              str(row["episodes"]), _number(row["mean_return"]), _number(row["stderr_return"]),
-              _number(row["pct_oracle"], 1), _number(row["pct_human"], 1)] for row in rows]
-    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
-
-    def line(values: List[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
-
+              str(row["episodes"]), number(row["mean_return"]), number(row["stderr_return"]),
+              number(row["pct_oracle"], 1), number(row["pct_human"], 1)] for row in rows]
     episodes = max(row["episodes"] for row in rows)
-    return "\n".join([_title(env_id, published_scores(env_id), episodes, first_seed, max_steps), line(header),
-                      "  ".join("-" * w for w in widths), *map(line, cells)])
+    return "\n".join([_title(env_id, published_scores(env_id), episodes, first_seed, max_steps),
+                      text_table(header, cells)])
 
 
 def write_results(out_dir: str, results: Sequence[AgentResults], settings: Dict[str, Any]) -> Dict[str, str]:
